@@ -1,0 +1,82 @@
+"""The model registry: one name per published configuration, built by ``create_model``.
+
+A model family registers a builder per name with :func:`register_model`. A builder takes the
+upscaling factor and keyword overrides of its config fields and returns an ``nn.Module`` that
+carries three attributes used across the project:
+
+* ``model_name`` (str): the registry name it was built from;
+* ``scale`` (int): the upscaling factor;
+* ``config`` (dict): the fully resolved, JSON-serialisable configuration (stored with checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its name, builder, allowed scales and a one-line description."""
+
+    name: str
+    builder: Builder
+    scales: tuple[int, ...]
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, scales: Sequence[int] = (2, 3, 4), description: str = ""
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(scale, **overrides) -> nn.Module`` under ``name``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, builder, tuple(scales), description or (builder.__doc__ or "").strip())
+        return builder
+
+    return wrap
+
+
+def _ensure_families_loaded() -> None:
+    # Importing the families runs their @register_model decorators.
+    from sr_models import families  # noqa: F401
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    _ensure_families_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; a ValueError listing the known names if there is none."""
+    _ensure_families_loaded()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, scale: int = 4, **overrides: object) -> nn.Module:
+    """Build the registered model ``name`` for upscaling factor ``scale``.
+
+    ``overrides`` replace fields of the model's config (an unknown field is a ValueError naming it).
+    The returned module has ``model_name``, ``scale`` and ``config`` attributes.
+    """
+    entry = get_entry(name)
+    if scale not in entry.scales:
+        raise ValueError(
+            f"model {name!r} does not support scale={scale}; supported scales: {list(entry.scales)}"
+        )
+    model = entry.builder(scale, **overrides)
+    model.model_name = name
+    model.scale = scale
+    return model
