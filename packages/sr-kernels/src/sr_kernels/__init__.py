@@ -1,3 +1,32 @@
-"""Sparse gather-attention and graph-expansion ops (Triton on CUDA, PyTorch references elsewhere)."""
+"""Sparse gather-attention and graph-expansion ops (Triton on CUDA, PyTorch references elsewhere).
+
+Public API:
+    gather_attention(q, k, v, index, *, scale=None, bias=None, backend=None, check_index=True, return_lse=False)
+    gather_scores(q, k, index, *, scale=None, bias=None, backend=None, check_index=True)
+    gather_values(p, v, index, *, backend=None, check_index=True)
+    topk_select(scores, index, k, *, backend=None, check_index=True, return_slots=False)
+    expand_two_hop(index, probs, k1, k2, k_out, *, backend=None, check_index=True)
+    dlsg_index(height, width, *, local, samples, dilation, generator=None, device=None)
+    sr_kernels.flops: FLOP formulas of the sparse ops.
+
+Triton is imported only when a Triton kernel first runs (see ``sr_kernels._dispatch``).
+"""
+
+from . import flops
+from .dlsg import dlsg_index
+from .expansion import expand_two_hop
+from .gather_attention.op import gather_attention, gather_scores, gather_values
+from .selection import topk_select
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "dlsg_index",
+    "expand_two_hop",
+    "flops",
+    "gather_attention",
+    "gather_scores",
+    "gather_values",
+    "topk_select",
+]

@@ -1,0 +1,70 @@
+"""FLOP formulas of the sparse ops (plain functions; also registered with FlopCounterMode).
+
+Convention (the one ``torch.utils.flop_counter`` uses for matmuls and SDPA): a multiply-add is 2 FLOPs;
+softmax, masking and the recomputation of the logits in the backward pass are not counted. The count is
+the work the op is asked to do over all K slots of every row (the kernels iterate over empty slots too,
+masked), independent of how many slots are empty:
+
+* gather attention forward: QK (2 B H N K D) + PV (2 B H N K D) = 4 B H N K D;
+  backward: dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO = 8 B H N K D
+  (exactly as torch counts dense SDPA with M = K keys per query, so the two compare directly);
+* gather_scores / gather_values: 2 B H N K D forward, 4 B H N K D backward each;
+* topk_select, expand_two_hop and dlsg_index do comparisons and integer work only: 0 FLOPs.
+"""
+
+from __future__ import annotations
+
+
+def gather_attention_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Forward FLOPs of gather_attention for q (B,H,N,D) and index (B,Hi,N,K)."""
+    return 4 * batch * heads * rows * slots * head_dim
+
+
+def gather_attention_backward_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Backward FLOPs of gather_attention (dq, dk, dv; logits recompute not counted)."""
+    return 8 * batch * heads * rows * slots * head_dim
+
+
+def gather_scores_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Forward FLOPs of gather_scores (one multiply-add per slot and channel)."""
+    return 2 * batch * heads * rows * slots * head_dim
+
+
+def gather_scores_backward_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Backward FLOPs of gather_scores (dq and dk)."""
+    return 4 * batch * heads * rows * slots * head_dim
+
+
+def gather_values_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Forward FLOPs of gather_values."""
+    return 2 * batch * heads * rows * slots * head_dim
+
+
+def gather_values_backward_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int) -> int:
+    """Backward FLOPs of gather_values (dp and dv)."""
+    return 4 * batch * heads * rows * slots * head_dim
+
+
+def gather_attention_bytes(
+    batch: int, heads: int, rows: int, slots: int, head_dim: int, *,
+    elem_bytes: int = 2, index_bytes: int = 8, index_heads: int | None = None,
+) -> int:
+    """Bytes a gather-attention forward must move at least once per slot (the benchmark's GB/s basis).
+
+    q read + out write (2 N D), one K and one V row gathered per slot (2 N K D), the index list
+    (N K per index head) and the fp32 lse (N).
+    """
+    ih = heads if index_heads is None else index_heads
+    qkvo = batch * heads * rows * (2 * head_dim + 2 * slots * head_dim) * elem_bytes
+    return qkvo + batch * ih * rows * slots * index_bytes + batch * heads * rows * 4
+
+
+def register_flop_formulas() -> None:
+    """Make FlopCounterMode count the sr_kernels:: custom ops with the formulas above (idempotent).
+
+    Usually automatic (at import, or at the first op call on CPU-only machines without
+    TRITON_INTERPRET); call it before creating a FlopCounterMode in the latter case.
+    """
+    from .gather_attention.op import register_flop_formulas as _register
+
+    _register()

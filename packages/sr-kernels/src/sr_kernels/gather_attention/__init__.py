@@ -1,0 +1,1 @@
+"""Gather attention: reference (oracle), Triton forward/backward kernels, and the dispatching op."""
