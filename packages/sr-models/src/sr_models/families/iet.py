@@ -1,0 +1,365 @@
+"""IET and IET-light (Meng, Long, Gu: "From Local Windows to Adaptive Candidates via Individualized
+Exploratory", the IET paper). The official code is not released; this follows the paper and the
+SwinIR/PFT conventions it builds on (shared/specs/iea.md):
+
+* input: ``x = (x - mean) * img_range`` with DIV2K's RGB mean and ``img_range = 1`` (PFT), undone
+  at the end; no padding (IEA's candidate lists work for any image size), so ``pad_multiple = 1``;
+* ``conv_first`` 3x3 -> tokens -> LayerNorm (PFT's patch-embed norm) -> residual blocks, each
+  ``n`` IET layers then a 3x3 conv on the image plus the block input -> LayerNorm ->
+  ``conv_after_body`` 3x3 plus the long skip -> upsampler;
+* an IET layer: ``x = x + IEA(LN(x))``, ``x = x + SF-FFN(LN(x), top-1 of that IEA)``;
+* upsampler: "pixelshuffle" (IET: conv 3x3 -> 64, LeakyReLU, (conv 3x3 + PixelShuffle) stages,
+  conv 3x3 -> 3) or "pixelshuffledirect" (IET-light: one conv 3x3 -> 3 s^2 + PixelShuffle).
+
+**Dilation.** The first block's DLSG list uses dilation ``train_dilation`` (2) while
+``module.training`` and ``eval_dilation`` (3) otherwise (paper Table 2 / supp. F). Override it at
+forward time with ``model(x, dilation=d)`` or for every later call with ``model.set_dilation(d)``
+(``model.set_dilation(None)`` restores the train/eval rule); the current override is
+``model.dilation``. Dilation changes the candidates, never the parameters.
+
+**SF-FFN width.** The paper does not give the FFN's hidden width. ``ffn_hidden`` is chosen so that
+the parameter counts land on the paper's (Tables 4-6: IET 19.7M/19.9M/19.8M, IET-light
+783K/790K/801K at x2/x3/x4): 336 (1.4 C) for IET and 42 (0.78 C) for IET-light.
+
+**FLOPs.** ``iet_macs(config, scale, h, w)`` gives the multiply-accumulates of one forward pass on
+an ``h x w`` LR input analytically; torch's FlopCounterMode (2 FLOPs per MAC, sparse ops counted by
+sr_kernels' formulas over all K slots) equals exactly twice it (see the tests; it also runs on meta
+tensors, so paper-size counts take seconds). The paper's figures are MACs (PFT's ``flops()``
+convention) and, like the other models in its tables (PFT, SwinIR), they correspond to a 1280 x 720
+output: with the default schedules this model gives IET 4.84T / 2.17T / 1.25T and IET-light
+260G / 116G / 66G at x2 / x3 / x4 (paper 5.02T / 2.25T / 1.26T and 277.9G / 123.3G / 69.5G, so -4%
+to -6%). At the 1280 x 640 output the paper's text names, every figure is 11% lower (IET -12% to
+-14%, IET-light -15% to -17%), as PFT's own numbers would be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from sr_layers.iea import IEAState, IEAttention
+from sr_layers.iet_dlsg import DLSGCandidates, rpb_table_size
+from sr_layers.iet_schedule import IET_K_SCHEDULE, IET_LIGHT_K_SCHEDULE, IEAScheduleConfig
+from sr_layers.sf_ffn import SFFFN
+from sr_models.families._config import config_dict, resolve_config
+from sr_models.registry import register_model
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+
+
+@dataclass(frozen=True)
+class IETConfig:
+    """Resolved IET configuration. The IEA fields (``depths`` .. ``rpb_shared_heads``) are documented
+    in :class:`sr_layers.iet_schedule.IEAScheduleConfig`, which is built from them."""
+
+    embed_dim: int = 240
+    num_heads: int = 6
+    ffn_hidden: int = 336
+    ffn_kernel: int = 7
+    lepe_kernel: int = 7
+    upsampler: str = "pixelshuffle"
+    num_feat: int = 64
+    img_range: float = 1.0
+    rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
+    depths: tuple[int, ...] = (4,) * 8
+    k_schedule: tuple[int, ...] = IET_K_SCHEDULE
+    expand_k1: tuple[int, ...] = (22, 20, 14, 12)
+    expand_k2: tuple[int, ...] = (12, 11, 9, 8)
+    dlsg_local: int = 8
+    dlsg_samples: int = 12
+    train_dilation: int = 2
+    eval_dilation: int = 3
+    av_on_selected: bool = False
+    expansion_prior: str = "uniform"
+    rpb_blocks: int = 1
+    rpb_shared_heads: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # lists (e.g. from a JSON config) become tuples: the config stays hashable
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        for name in ("embed_dim", "num_heads", "ffn_hidden", "ffn_kernel", "lepe_kernel", "num_feat"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"config field {name} must be positive, got {getattr(self, name)}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if len(self.rgb_mean) != 3:
+            raise ValueError(f"rgb_mean must have 3 entries, got {self.rgb_mean!r}")
+        if self.rpb_blocks > 1:
+            raise ValueError(
+                f"rpb_blocks must be 0 or 1, got {self.rpb_blocks}: the slot-indexed bias is defined on "
+                "the DLSG list, which only the first block sees"
+            )
+        self.schedule()  # validates the IEA fields
+
+    def schedule(self) -> IEAScheduleConfig:
+        """The IEA schedule built from this config's IEA fields."""
+        return IEAScheduleConfig(
+            depths=self.depths,
+            k_schedule=self.k_schedule,
+            expand_k1=self.expand_k1,
+            expand_k2=self.expand_k2,
+            dlsg_local=self.dlsg_local,
+            dlsg_samples=self.dlsg_samples,
+            train_dilation=self.train_dilation,
+            eval_dilation=self.eval_dilation,
+            av_on_selected=self.av_on_selected,
+            expansion_prior=self.expansion_prior,
+            rpb_blocks=self.rpb_blocks,
+            rpb_shared_heads=self.rpb_shared_heads,
+        )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "iet": {},
+    "iet-light": {
+        "embed_dim": 54,
+        "num_heads": 3,
+        "ffn_hidden": 42,
+        "upsampler": "pixelshuffledirect",
+        "depths": (3,) * 8,
+        "k_schedule": IET_LIGHT_K_SCHEDULE,
+        "rpb_shared_heads": True,
+    },
+}
+
+
+class IETLayer(nn.Module):
+    """``x + IEA(LN(x))`` then ``x + SF-FFN(LN(x), top1)``. forward(x (B, N, C), size, state, last)
+    -> (x, next state or None)."""
+
+    def __init__(self, cfg: IETConfig, plan: Any, sched: IEAScheduleConfig) -> None:
+        super().__init__()
+        c = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(c)
+        self.attn = IEAttention(
+            c,
+            cfg.num_heads,
+            plan,
+            rpb_rows=rpb_table_size(sched.dlsg_local, sched.dlsg_samples),
+            rpb_shared_heads=sched.rpb_shared_heads,
+            lepe_kernel=cfg.lepe_kernel,
+            av_on_selected=sched.av_on_selected,
+            expansion_prior=sched.expansion_prior,
+        )
+        self.norm2 = nn.LayerNorm(c)
+        self.ffn = SFFFN(c, cfg.num_heads, cfg.ffn_hidden, cfg.ffn_kernel)
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int], state: IEAState, last: bool = False
+    ) -> tuple[torch.Tensor, IEAState | None]:
+        a, state_out, top1 = self.attn(self.norm1(x), size, state, last=last)
+        x = x + a
+        x = x + self.ffn(self.norm2(x), size, top1)
+        return x, state_out
+
+
+class IETBlock(nn.Module):
+    """The layers of one residual block, a 3x3 conv on the image and the block residual."""
+
+    def __init__(self, cfg: IETConfig, plans: list[Any], sched: IEAScheduleConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(IETLayer(cfg, p, sched) for p in plans)
+        self.conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 3, padding=1)
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int], state: IEAState, last_block: bool = False
+    ) -> tuple[torch.Tensor, IEAState | None]:
+        """x: (B, N, C) tokens. Returns (B, N, C) and the state for the next block."""
+        res = x
+        n_layers = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            x, state = layer(x, size, state, last=last_block and i == n_layers - 1)
+        h, w = size
+        img = self.conv(rearrange(x, "b (y x) c -> b c y x", y=h, x=w))
+        return rearrange(img, "b c y x -> b (y x) c") + res, state
+
+
+class IETUpsampler(nn.Module):
+    """SwinIR's upsamplers. "pixelshuffle": ``conv_before_upsample`` (conv 3x3 C -> num_feat +
+    LeakyReLU(0.01, SwinIR/PFT's default slope)), ``upsample`` ((conv 3x3 -> 4 num_feat, PS(2)) x
+    log2 s, or (conv -> 9 num_feat, PS(3))) and ``conv_last`` (3x3 -> 3).
+    "pixelshuffledirect": one conv 3x3 C -> 3 s^2 and PS(s). forward((B, C, h, w)) -> (B, 3, hs, ws)."""
+
+    def __init__(self, kind: str, dim: int, scale: int, num_feat: int = 64) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "pixelshuffledirect":
+            self.upsample = nn.Sequential(nn.Conv2d(dim, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+            return
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, num_feat, 3, padding=1), nn.LeakyReLU(inplace=True))
+        stages: list[nn.Module] = []
+        if scale & (scale - 1) == 0:
+            for _ in range(int(math.log2(scale))):
+                stages += [nn.Conv2d(num_feat, 4 * num_feat, 3, padding=1), nn.PixelShuffle(2)]
+        elif scale == 3:
+            stages += [nn.Conv2d(num_feat, 9 * num_feat, 3, padding=1), nn.PixelShuffle(3)]
+        else:
+            raise ValueError(f"scale {scale} is not supported by the pixelshuffle upsampler (use 2^n or 3)")
+        self.upsample = nn.Sequential(*stages)
+        self.conv_last = nn.Conv2d(num_feat, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, 3, h s, w s)."""
+        if self.kind == "pixelshuffledirect":
+            return self.upsample(x)
+        return self.conv_last(self.upsample(self.conv_before_upsample(x)))
+
+
+class IET(nn.Module):
+    """The IET network. forward(x (B, 3, h, w) float RGB in [0, 1], dilation=None) -> (B, 3, hs, ws).
+
+    Any batch size and any h, w >= 1 (no padding, no multiple-of constraint)."""
+
+    pad_multiple = 1
+    pad_mode = "reflect"
+    min_input_size = 1
+
+    def __init__(self, cfg: IETConfig, scale: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.sched = cfg.schedule()
+        self.upscale = scale
+        c = cfg.embed_dim
+        self.register_buffer("mean", torch.tensor(cfg.rgb_mean).view(1, 3, 1, 1), persistent=False)
+        self.conv_first = nn.Conv2d(3, c, 3, padding=1)
+        self.patch_norm = nn.LayerNorm(c)
+        plans = list(self.sched.plans())
+        blocks, start = [], 0
+        for depth in cfg.depths:
+            blocks.append(IETBlock(cfg, plans[start : start + depth], self.sched))
+            start += depth
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(c)
+        self.conv_after_body = nn.Conv2d(c, c, 3, padding=1)
+        self.upsampler = IETUpsampler(cfg.upsampler, c, scale, cfg.num_feat)
+        self.dilation: int | None = None
+        self._dlsg = DLSGCandidates(cfg.dlsg_local, cfg.dlsg_samples)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # SwinIR/PFT: truncated normal (std 0.02) Linear weights, zero biases, unit LayerNorms.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def set_dilation(self, dilation: int | None) -> None:
+        """Use ``dilation`` for every later forward (None: train_dilation / eval_dilation by mode)."""
+        if dilation is not None and (not isinstance(dilation, int) or dilation < 1):
+            raise ValueError(f"dilation must be a positive int or None, got {dilation!r}")
+        self.dilation = dilation
+
+    def current_dilation(self) -> int:
+        """The dilation the next forward uses."""
+        if self.dilation is not None:
+            return self.dilation
+        return self.cfg.train_dilation if self.training else self.cfg.eval_dilation
+
+    def initial_state(self, batch: int, height: int, width: int, dilation: int, device: torch.device) -> IEAState:
+        """The first layer's candidates: the DLSG list (shared by the batch and the heads)."""
+        index, ids = self._dlsg(height, width, dilation, device, training=self.training)
+        n, k = index.shape
+        index = index.view(1, 1, n, k).expand(batch, 1, n, k)
+        bias_ids = ids.view(1, 1, n, k).expand(batch, 1, n, k) if self.sched.rpb_blocks > 0 else None
+        return IEAState(index, None, bias_ids)
+
+    def forward_features(self, x: torch.Tensor, dilation: int) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C, h, w): the transformer body before ``conv_after_body``."""
+        b, _, h, w = x.shape
+        t = self.patch_norm(rearrange(x, "b c y x -> b (y x) c"))
+        state: IEAState | None = self.initial_state(b, h, w, dilation, x.device)
+        for i, block in enumerate(self.blocks):
+            assert state is not None
+            t, state = block(t, (h, w), state, last_block=i == len(self.blocks) - 1)
+        t = self.norm(t)
+        return rearrange(t, "b (y x) c -> b c y x", y=h, x=w)
+
+    def forward(self, x: torch.Tensor, dilation: int | None = None) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] -> (B, 3, h s, w s)."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"IET expects an input of shape (B, 3, h, w), got {tuple(x.shape)}")
+        d = self.current_dilation() if dilation is None else dilation
+        if not isinstance(d, int) or d < 1:
+            raise ValueError(f"dilation must be a positive int, got {d!r}")
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.cfg.img_range
+        f = self.conv_first(x)
+        f = self.conv_after_body(self.forward_features(f, d)) + f
+        out = self.upsampler(f)
+        return out / self.cfg.img_range + mean
+
+
+def build_iet(name: str, scale: int, **overrides: Any) -> IET:
+    """Resolve the ``name`` preset with ``overrides`` and build the network for ``scale``."""
+    cfg = resolve_config(IETConfig, PRESETS[name], overrides, model=name)
+    model = IET(cfg, scale)
+    model.config = config_dict(cfg)
+    return model
+
+
+@register_model("iet", scales=(2, 3, 4), description="IET: 8 blocks x 4 IEA layers, 240 channels, 6 heads")
+def _iet(scale: int, **overrides: Any) -> IET:
+    return build_iet("iet", scale, **overrides)
+
+
+@register_model(
+    "iet-light", scales=(2, 3, 4), description="IET-light: 8 blocks x 3 IEA layers, 54 channels, 3 heads"
+)
+def _iet_light(scale: int, **overrides: Any) -> IET:
+    return build_iet("iet-light", scale, **overrides)
+
+
+def _conv_macs(cin: int, cout: int, k: int, pixels: int, groups: int = 1) -> int:
+    return pixels * cout * (cin // groups) * k * k
+
+
+def iet_macs(cfg: IETConfig, scale: int, height: int, width: int) -> dict[str, int]:
+    """Multiply-accumulates of one forward pass on an ``height x width`` LR input, by part.
+
+    Counts what the convolutions, Linears and the sparse attention really do (every candidate slot,
+    padded or not, as the kernels do): QK and PV are ``K * D`` MACs per query and head each, where K
+    is the layer's list width. Norms, activations, softmax, selection and expansion (no MACs) are
+    not counted, as in PFT's ``flops()``. Returns a dict with "total" and the parts.
+    """
+    n = height * width
+    c, heads, hid = cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden
+    sched = cfg.schedule()
+    parts: dict[str, int] = {}
+    parts["conv_first"] = _conv_macs(3, c, 3, n)
+    per_layer_linear = n * (3 * c * c + c * c + c * hid + hid * c + 2 * hid * (hid // heads))
+    lepe = sum(0 if p.use_rpb else _conv_macs(c, c, cfg.lepe_kernel, n, groups=c) for p in sched.plans())
+    parts["linear"] = per_layer_linear * sched.num_layers
+    parts["dwconv"] = lepe + sched.num_layers * _conv_macs(hid, hid, cfg.ffn_kernel, n, groups=hid)
+    parts["attention"] = sum(2 * n * c * p.k_in for p in sched.plans())
+    parts["block_convs"] = len(cfg.depths) * _conv_macs(c, c, 3, n) + _conv_macs(c, c, 3, n)
+    if cfg.upsampler == "pixelshuffledirect":
+        parts["upsampler"] = _conv_macs(c, 3 * scale * scale, 3, n)
+    else:
+        f = cfg.num_feat
+        up = _conv_macs(c, f, 3, n) + _conv_macs(f, 3, 3, n * scale * scale)
+        if scale == 3:
+            up += _conv_macs(f, 9 * f, 3, n)
+        else:
+            px = n
+            for _ in range(int(math.log2(scale))):
+                up += _conv_macs(f, 4 * f, 3, px)
+                px *= 4
+        parts["upsampler"] = up
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+__all__ = ["IET", "PRESETS", "IETConfig", "build_iet", "iet_macs"]
