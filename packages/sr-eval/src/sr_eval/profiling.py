@@ -45,6 +45,11 @@ def _custom_flop_mapping() -> dict:
         from sr_kernels import flops as kflops  # optional; formulas for the sparse ops
     except Exception:
         return {}
+    # FlopCounterMode copies the registry when it is created; on a CPU-only process sr_kernels defers
+    # the registration to its first op call, so make sure it has happened before counting.
+    register = getattr(kflops, "register_flop_formulas", None)
+    if register is not None:
+        register()
     return dict(getattr(kflops, "FLOP_FORMULAS", {}) or {})
 
 

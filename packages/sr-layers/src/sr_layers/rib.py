@@ -55,7 +55,8 @@ def rib_factors(
     hidden_b (1, hid); then ``P_q[h] = hidden @ to_q[h]`` (to_q: (heads, hid, r)), likewise P_k.
     Computed in float32 (autocast disabled), as the official code does.
     """
-    device_type = features.device.type
+    # autocast has no "meta" device type; FLOP counting on meta tensors uses the CPU rules.
+    device_type = "cpu" if features.device.type == "meta" else features.device.type
     with torch.autocast(device_type=device_type, enabled=False):
         hidden = torch.relu(features.float() @ to_hidden.float() + hidden_b.float())
         pos_q = torch.einsum("nd,hdr->hnr", hidden, to_q.float())
