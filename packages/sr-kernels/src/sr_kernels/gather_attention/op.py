@@ -6,7 +6,9 @@ that ``torch.utils.flop_counter.FlopCounterMode`` sees one op per call and count
 work of the sparse op (4*B*H*N*K*D for the attention forward), never the einsum count of the reference's
 internal gathers. The custom ops also make the calls opaque to ``torch.compile`` (no graph breaks inside).
 
-float64 inputs always run the PyTorch reference (the Triton kernels accumulate in fp32).
+The torch backend (CPU, and float64 inputs everywhere: the Triton kernels accumulate in fp32) runs
+:mod:`.torch_fast` (dense-then-gather for few keys, a lean gather otherwise); :mod:`.reference` stays the
+readable oracle the tests compare both backends with.
 
 The op schemas are written out (not inferred from annotations) so the registration works the same on
 every torch >= 2.6.
@@ -21,6 +23,7 @@ import torch
 from .. import _checks
 from .._dispatch import interpreter_enabled, resolve_backend, triton_available
 from . import reference as ref
+from . import torch_fast
 
 Tensor = torch.Tensor
 
@@ -50,7 +53,7 @@ def _attention_fwd(
         from .triton_fwd import attention_fwd
 
         return attention_fwd(q, k, v, index, bias, scale)
-    out, lse = ref.gather_attention_reference(q, k, v, index, scale, bias)
+    out, lse = torch_fast.attention_forward(q, k, v, index, scale, bias)
     return out.contiguous(), lse.contiguous()
 
 
@@ -85,7 +88,7 @@ def _attention_bwd(
         from .triton_bwd import attention_bwd
 
         return attention_bwd(grad_out, grad_lse, q, k, v, index, bias, out, lse, scale, need_ds)
-    dq, dk, dv, ds = ref.gather_attention_backward_torch(grad_out, grad_lse, q, k, v, index, bias, out, lse, scale)
+    dq, dk, dv, ds = torch_fast.attention_backward(grad_out, grad_lse, q, k, v, index, bias, out, lse, scale)
     return dq, dk, dv, (ds if need_ds else ds.new_empty(0))
 
 
@@ -198,7 +201,7 @@ def _scores_fwd(q: Tensor, k: Tensor, index: Tensor, bias: Tensor | None, scale:
         from .triton_fwd import sddmm
 
         return sddmm(q, k, index, scale, bias, empty_neg_inf=True, out_dtype=torch.float32)
-    return ref.gather_scores_reference(q, k, index, scale, bias).to(_scores_dtype(q)).contiguous()
+    return torch_fast.scores_forward(q, k, index, scale, bias).to(_scores_dtype(q)).contiguous()
 
 
 @_scores_fwd.register_fake
@@ -221,7 +224,7 @@ def _scores_bwd(grad: Tensor, q: Tensor, k: Tensor, index: Tensor, scale: float,
         dq = spmm(g, k, index, scale, out_dtype=q.dtype)
         dk = scatter_rows(g, q, index, k.shape[2], scale, k.dtype)
         return dq, dk
-    return ref.gather_scores_backward_torch(grad, q, k, index, scale)
+    return torch_fast.scores_backward(grad, q, k, index, scale)
 
 
 @_scores_bwd.register_fake
@@ -296,7 +299,7 @@ def _values_fwd(p: Tensor, v: Tensor, index: Tensor, backend: str) -> Tensor:
         from .triton_fwd import spmm
 
         return spmm(p, v, index, 1.0, out_dtype=v.dtype)
-    return ref.gather_values_reference(p, v, index).contiguous()
+    return torch_fast.values_forward(p, v, index).contiguous()
 
 
 @_values_fwd.register_fake
@@ -319,7 +322,7 @@ def _values_bwd(grad: Tensor, p: Tensor, v: Tensor, index: Tensor, backend: str)
         dp = sddmm(g, v, index, 1.0, None, empty_neg_inf=False, out_dtype=p.dtype)
         dv = scatter_rows(p, g, index, v.shape[2], 1.0, v.dtype)
         return dp, dv
-    return ref.gather_values_backward_torch(grad, p, v, index)
+    return torch_fast.values_backward(grad, p, v, index)
 
 
 @_values_bwd.register_fake

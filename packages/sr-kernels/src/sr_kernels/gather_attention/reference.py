@@ -1,4 +1,4 @@
-"""Plain PyTorch gather attention: the readable oracle, and the CPU implementation.
+"""Plain PyTorch gather attention: the readable oracle (the CPU path runs `torch_fast`, checked against it).
 
 Shapes: q (B,H,N,D); k, v (B,H,M,D); index (B,Hi,N,K) integer with Hi in {1, H}, -1 = empty slot;
 bias broadcastable to (B,H,N,K); p (B,H,N,K).
