@@ -1,0 +1,3 @@
+from sr_train.cli import main
+
+raise SystemExit(main())
