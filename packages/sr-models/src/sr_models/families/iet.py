@@ -44,13 +44,14 @@ from torch import nn
 
 from sr_layers.iea import IEAState, IEAttention
 from sr_layers.iet_dlsg import DLSGCandidates, rpb_table_size
-from sr_layers.iet_schedule import IET_K_SCHEDULE, IET_LIGHT_K_SCHEDULE, IEAScheduleConfig
+from sr_layers.iet_schedule import IET_LIGHT_K_SCHEDULE, IEAScheduleConfig
 from sr_layers.sf_ffn import SFFFN
 from sr_models.families._config import config_dict, resolve_config
 from sr_models.registry import register_model
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+_IEA_DEFAULTS = IEAScheduleConfig()
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,19 @@ class IETConfig:
     num_feat: int = 64
     img_range: float = 1.0
     rgb_mean: tuple[float, float, float] = DIV2K_RGB_MEAN
-    depths: tuple[int, ...] = (4,) * 8
-    k_schedule: tuple[int, ...] = IET_K_SCHEDULE
-    expand_k1: tuple[int, ...] = (22, 20, 14, 12)
-    expand_k2: tuple[int, ...] = (12, 11, 9, 8)
-    dlsg_local: int = 8
-    dlsg_samples: int = 12
-    train_dilation: int = 2
-    eval_dilation: int = 3
-    av_on_selected: bool = False
-    expansion_prior: str = "uniform"
-    rpb_blocks: int = 1
-    rpb_shared_heads: bool = False
+    # The IEA fields: defaults (and their documentation) live in IEAScheduleConfig.
+    depths: tuple[int, ...] = _IEA_DEFAULTS.depths
+    k_schedule: tuple[int, ...] = _IEA_DEFAULTS.k_schedule
+    expand_k1: tuple[int, ...] = _IEA_DEFAULTS.expand_k1
+    expand_k2: tuple[int, ...] = _IEA_DEFAULTS.expand_k2
+    dlsg_local: int = _IEA_DEFAULTS.dlsg_local
+    dlsg_samples: int = _IEA_DEFAULTS.dlsg_samples
+    train_dilation: int = _IEA_DEFAULTS.train_dilation
+    eval_dilation: int = _IEA_DEFAULTS.eval_dilation
+    av_on_selected: bool = _IEA_DEFAULTS.av_on_selected
+    expansion_prior: str = _IEA_DEFAULTS.expansion_prior
+    rpb_blocks: int = _IEA_DEFAULTS.rpb_blocks
+    rpb_shared_heads: bool = _IEA_DEFAULTS.rpb_shared_heads
 
     def __post_init__(self) -> None:
         for f in fields(self):  # lists (e.g. from a JSON config) become tuples: the config stays hashable
@@ -102,20 +104,7 @@ class IETConfig:
 
     def schedule(self) -> IEAScheduleConfig:
         """The IEA schedule built from this config's IEA fields."""
-        return IEAScheduleConfig(
-            depths=self.depths,
-            k_schedule=self.k_schedule,
-            expand_k1=self.expand_k1,
-            expand_k2=self.expand_k2,
-            dlsg_local=self.dlsg_local,
-            dlsg_samples=self.dlsg_samples,
-            train_dilation=self.train_dilation,
-            eval_dilation=self.eval_dilation,
-            av_on_selected=self.av_on_selected,
-            expansion_prior=self.expansion_prior,
-            rpb_blocks=self.rpb_blocks,
-            rpb_shared_heads=self.rpb_shared_heads,
-        )
+        return IEAScheduleConfig(**{f.name: getattr(self, f.name) for f in fields(IEAScheduleConfig)})
 
 
 PRESETS: dict[str, dict[str, Any]] = {
