@@ -7,6 +7,9 @@ Public API:
     topk_select(scores, index, k, *, backend=None, check_index=True, return_slots=False)
     expand_two_hop(index, probs, k1, k2, k_out, *, backend=None, check_index=True)
     dlsg_index(height, width, *, local, samples, dilation, generator=None, device=None)
+    window_topk_select(q, k, topk, *, shared_heads=True, include_self=False)
+    window_gather(x, ids, *, check_ids=True)
+    window_topk_attention(q, k, v, ids, *, scale=None, impl="sdpa", check_ids=True)
     sr_kernels.flops: FLOP formulas of the sparse ops.
 
 Triton is imported only when a Triton kernel first runs (see ``sr_kernels._dispatch``).
@@ -17,6 +20,7 @@ from .dlsg import dlsg_index
 from .expansion import expand_two_hop
 from .gather_attention.op import gather_attention, gather_scores, gather_values
 from .selection import topk_select
+from .window_topk.op import window_gather, window_topk_attention, window_topk_select
 
 __version__ = "0.1.0"
 
@@ -29,4 +33,7 @@ __all__ = [
     "gather_scores",
     "gather_values",
     "topk_select",
+    "window_gather",
+    "window_topk_attention",
+    "window_topk_select",
 ]

@@ -9,7 +9,11 @@ masked), independent of how many slots are empty:
   backward: dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO = 8 B H N K D
   (exactly as torch counts dense SDPA with M = K keys per query, so the two compare directly);
 * gather_scores / gather_values: 2 B H N K D forward, 4 B H N K D backward each;
-* topk_select, expand_two_hop and dlsg_index do comparisons and integer work only: 0 FLOPs.
+* topk_select, expand_two_hop and dlsg_index do comparisons and integer work only: 0 FLOPs;
+* window_topk_select: the pooled window score map, 2 B Hs nQ nK C (Hs = 1 and C = H D with shared
+  heads; the token means and the sort are not counted); window_gather moves data: 0 FLOPs;
+  window_topk_attention runs torch SDPA, which FlopCounterMode counts itself: forward
+  4 B H nQ T (k Tk) D, the same convention as gather attention with K = k Tk keys per query.
 """
 
 from __future__ import annotations
@@ -59,6 +63,23 @@ def gather_attention_bytes(
     return qkvo + batch * ih * rows * slots * index_bytes + batch * heads * rows * 4
 
 
+def window_topk_select_flops(
+    batch: int, score_heads: int, query_windows: int, key_windows: int, channels: int
+) -> int:
+    """FLOPs of window_topk_select: one dot product of pooled features per (query, key) window pair."""
+    return 2 * batch * score_heads * query_windows * key_windows * channels
+
+
+def window_topk_attention_flops(
+    batch: int, heads: int, query_windows: int, window_tokens: int, selected_windows: int,
+    key_window_tokens: int, head_dim: int,
+) -> int:
+    """Forward FLOPs of window_topk_attention (QK^T and PV over the k * Tk gathered keys), as torch
+    counts the SDPA call it makes."""
+    keys = selected_windows * key_window_tokens
+    return 4 * batch * heads * query_windows * window_tokens * keys * head_dim
+
+
 def register_flop_formulas() -> None:
     """Make FlopCounterMode count the sr_kernels:: custom ops with the formulas above (idempotent).
 
@@ -66,5 +87,7 @@ def register_flop_formulas() -> None:
     TRITON_INTERPRET); call it before creating a FlopCounterMode in the latter case.
     """
     from .gather_attention.op import register_flop_formulas as _register
+    from .window_topk.op import register_flop_formulas as _register_window_topk
 
     _register()
+    _register_window_topk()
