@@ -73,6 +73,16 @@ def test_selection_of_half_inputs_uses_float32_scores():
     assert torch.equal(sr_kernels.window_topk_select(q.half(), k.half(), 4), want)
 
 
+def test_selection_scores_stay_float32_under_autocast():
+    q, k = _windows(7, 1, 2, 40, 16, 8, dtype=torch.float32), _windows(8, 1, 2, 40, 16, 8, dtype=torch.float32)
+    want = sr_kernels.window_topk_select(q, k, 6)
+    assert torch.equal(want, ref.window_topk_select_reference(q, k, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sr_kernels.window_topk_select(q, k, 6)
+        out = sr_kernels.window_topk_attention(q.bfloat16(), k.bfloat16(), k.bfloat16(), got)
+    assert torch.equal(got, want) and out.dtype == torch.bfloat16
+
+
 def test_gather_equals_explicit_indexing():
     x = _windows(1, 2, 3, 5, 4, 2)
     g = torch.Generator().manual_seed(0)

@@ -34,6 +34,8 @@ is data movement (0 FLOPs) and the SDPA call is counted by torch's own formula (
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -103,6 +105,12 @@ def check_window_ids(
 # ----------------------------------------------------------------------------------------------
 
 
+def _no_autocast(device: torch.device):
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _topk_chunked(qp: Tensor, kp: Tensor, topk: int, include_self: bool) -> Tensor:
     """Top-k key windows per query window from pooled features, in row chunks (the fast path).
 
@@ -115,7 +123,8 @@ def _topk_chunked(qp: Tensor, kp: Tensor, topk: int, include_self: bool) -> Tens
     kt = kp.transpose(-2, -1)
     for start in range(0, nq, rows):
         stop = min(nq, start + rows)
-        scores = qp[:, :, start:stop] @ kt  # (B, Hs, r, nK)
+        with _no_autocast(qp.device):  # the scores stay in the pooled dtype under an outer autocast
+            scores = qp[:, :, start:stop] @ kt  # (B, Hs, r, nK)
         if include_self:
             r = torch.arange(stop - start, device=qp.device)
             scores[:, :, r, start + r] = float("inf")
