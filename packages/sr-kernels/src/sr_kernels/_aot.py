@@ -252,7 +252,7 @@ def _launch_iea(dtype, d, idx_dtype, *, ks, keep, on_selected, bias=True, prior=
 
         if union == "iet":  # IET's DLSG geometry (w 8, 12 x 12 samples, K 208), 1 x 16 tiles: UP = 512
             dl = dlsg_index(32, 32, local=8, samples=12, dilation=2)
-            max_union = 300  # some tiles are wider: the per-query kernel runs their rows (row list)
+            max_union = 280  # unions are 272..288: the wider tiles' rows run the per-query kernel (row list)
         else:  # a small DLSG list; max_union 60 leaves some tiles too wide, so both kernels launch
             dl = dlsg_index(16, 12, local=4, samples=3, dilation=2)
             max_union = 60
@@ -273,11 +273,11 @@ def _launch_iea(dtype, d, idx_dtype, *, ks, keep, on_selected, bias=True, prior=
 def case_matrix(*, quick: bool = False) -> list[Case]:
     """The compile cases: a covering design, not the full cross product (which would take ~20 minutes).
 
-    * every autotune config of every kernel, at IET's D = 40 with bf16 and an int32 index and every
-      optional input on (bias, prior, kept-only AV: the largest register footprint); forward kernels on
-      sm_80 and sm_90a, backward kernels on sm_90a (plus their first config on sm_80). The fused IEA
-      forward prunes its configs by the row width KP, so each config is compiled at the largest KP it
-      is allowed at (K = 1000 -> KP 1024, 256, 32): the most registers it can need;
+    * every autotune config of every kernel, at IET's D = 40 with an int32 index and every optional
+      input on (bias, prior, kept-only AV: the largest register footprint); forward kernels in fp32 with
+      an int64 index (the most registers) on sm_80 and sm_90a and in bf16 / int32 on sm_90a, backward kernels in bf16 on sm_90a (plus
+      their first config on sm_80). The fused IEA forward prunes its configs by the row width KP, so each
+      config is compiled at the largest KP it is allowed at: the most registers it can need;
     * IET-light's D = 18 (and the tile-union kernel, the deterministic backward) at the first config
       on both archs (D = 18 tiles are never larger than D = 40 ones for the same config);
     * fp32 on both archs and fp16 on sm_90a, with an int64 index, first configs;
@@ -302,26 +302,33 @@ def case_matrix(*, quick: bool = False) -> list[Case]:
             found = _first_configs(found)
         for c in found:
             c.archs = fwd_archs if c.attr in FORWARD_KERNELS else bwd_archs
-        cases.extend(found)
-        if all_configs and bwd_archs != both:  # first config of each backward kernel on the other arch too
+        cases.extend(c for c in found if c.archs)
+        if all_configs and bwd_archs and bwd_archs != both:  # first config of each backward kernel on the other arch too
             for c in _first_configs([c for c in found if c.attr not in FORWARD_KERNELS]):
                 cases.append(dataclasses.replace(c, archs=tuple(a for a in both if a not in bwd_archs)))
 
-    bf16, i32, i64 = torch.bfloat16, torch.int32, torch.int64
+    bf16, f32, i32, i64 = torch.bfloat16, torch.float32, torch.int32, torch.int64
     lab = dict(dtype="bf16", idx="i32", d=40)
-    # each fused-forward config at the widest row it may run (the autotuner prunes configs by KP)
+    lab32 = dict(dtype="fp32", idx="i64", d=40)
+    # each fused-forward config at the widest row it may run (the autotuner prunes configs by KP); fp32
+    # (the most registers: fp32 rows take twice the load registers of bf16 ones) on both archs, bf16 (the
+    # production dtype, for the table) on sm_90a
     from .iea_attention import _launch as iea_launch
 
     widest = _widest_rows(iea_launch)
     for kp in sorted(set(widest.values())):
         keep = max(1, 3 * kp // 4)
-        before = len(cases)
-        add(lambda kp=kp, keep=keep: _launch_iea(bf16, 40, i32, ks=kp, keep=keep, on_selected=True,
-                                                 backward=kp == 256 and not quick),
-            {**lab, "variant": f"K={kp},keep={keep},sel,bias,prior"}, all_configs=True)
-        cases[before:] = [c for c in cases[before:] if c.attr != "_iea_fwd_row_kernel"
-                          or widest.get(_config_tuple(c)) == kp]
-    add(lambda: _launch_gather(bf16, 40, i32, True), {**lab, "variant": "K=144,bias"}, all_configs=True)
+        for dt, it, lb, archs in ((f32, i64, lab32, both), (bf16, i32, lab, hopper)):
+            before = len(cases)
+            add(lambda kp=kp, keep=keep, dt=dt, it=it: _launch_iea(dt, 40, it, ks=kp, keep=keep, on_selected=True,
+                                                            backward=kp == 256 and dt == bf16 and not quick),
+                {**lb, "variant": f"K={kp},keep={keep},sel,bias,prior"}, all_configs=True, fwd_archs=archs)
+            cases[before:] = [c for c in cases[before:] if c.attr != "_iea_fwd_row_kernel"
+                              or widest.get(_config_tuple(c)) == kp]
+    add(lambda: _launch_gather(f32, 40, i64, True), {**lab32, "variant": "K=144,bias"}, all_configs=True,
+        backward_only=False, bwd_archs=())
+    add(lambda: _launch_gather(bf16, 40, i32, True), {**lab, "variant": "K=144,bias"}, all_configs=True,
+        fwd_archs=hopper)
     if quick:
         return [c for c in cases if c.attr in FORWARD_KERNELS]
     add(lambda: _launch_halves(bf16, 40, i32), {**lab, "variant": "K=144,bias"}, all_configs=True, bwd_archs=both)

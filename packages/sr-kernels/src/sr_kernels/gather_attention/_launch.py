@@ -55,8 +55,9 @@ def attention_configs(backward: bool) -> list[tuple[int, int, int]]:
 
     Interpreter: one config (BM 32, BK 16: several slot chunks per row even at test sizes). GPU: a small
     autotuning space keyed on (K, D), every tile at most 256 x DP fp32 values (<= 16K for D <= 64); the
-    forward keeps BM * BK <= 32 * num_warps: (16, 16, 4) and (8, 32, 4) spill at D = 40 (ptxas for
-    sm_80 and sm_90a, see ``sr_kernels._aot`` and BENCHMARKS.md), so the forward space has (16, 16, 8);
+    forward keeps BM * BK = 16 * num_warps slot rows per program: (16, 16, 4) and (8, 32, 4) spill at
+    D = 40, and (8, 16, 4) with fp32 inputs and an int64 index (ptxas for sm_80 / sm_90a, see
+    ``sr_kernels._aot`` and BENCHMARKS.md);
     ``SR_KERNELS_AUTOTUNE=0`` keeps only the first (heuristic) config.
     """
     if interpreter_enabled():
@@ -64,7 +65,7 @@ def attention_configs(backward: bool) -> list[tuple[int, int, int]]:
     if backward:
         space = [(8, 16, 4), (4, 16, 2), (16, 8, 4), (4, 32, 4), (16, 16, 8), (2, 32, 2)]
     else:
-        space = [(8, 16, 4), (4, 16, 2), (16, 8, 4), (4, 32, 4), (32, 8, 8), (16, 16, 8), (2, 64, 4)]
+        space = [(4, 16, 4), (2, 16, 2), (8, 8, 4), (2, 32, 4), (16, 8, 8), (8, 16, 8), (1, 64, 4)]
     if os.environ.get(AUTOTUNE_ENV, "1").strip() in ("0", "false", "no"):
         return space[:1]
     return space

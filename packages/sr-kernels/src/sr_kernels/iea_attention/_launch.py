@@ -71,9 +71,10 @@ def row_configs() -> list[tuple[int, int, int]]:
 
 
 def row_config_fits(bm: int, ws: int, warps: int, kp: int) -> bool:
-    """A (BM, KP, WS) gathered sub-tile within the register budget, and no thread without a row slot."""
+    """A (BM, KP, WS) gathered sub-tile within the register budget, 1 to 4 row slots per thread (more
+    spill at fp32 / int64: (4, 8, 4) at KP = 256, ptxas sm_90a)."""
     threads = 32 * warps
-    return bm * kp * ws <= ROW_TILE_VALUES_PER_THREAD * threads and bm * kp >= threads
+    return bm * kp * ws <= ROW_TILE_VALUES_PER_THREAD * threads and threads <= bm * kp <= 4 * threads
 
 
 def prune_row_configs(configs: list[tuple[int, int, int]], kp: int) -> list[tuple[int, int, int]]:
