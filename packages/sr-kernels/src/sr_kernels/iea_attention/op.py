@@ -110,6 +110,7 @@ def _setup(ctx, inputs, output):
     q, k, v, index, bias, prior, scale, _keep, on_selected, deterministic, backend, plan = inputs
     out, lse, kidx, klogp, kslot, aux = output
     ctx.mark_non_differentiable(kidx, kslot, aux)
+    ctx.set_materialize_grads(False)  # unused outputs (lse, the (B,H,N,K) aux) get no zero-filled grad
     ctx.save_for_backward(q, k, v, index, bias, prior, out, lse, kidx, klogp, kslot, aux)
     ctx.scale, ctx.on_selected, ctx.deterministic, ctx.backend = scale, on_selected, deterministic, backend
     ctx.plan_len = len(plan)
