@@ -9,6 +9,9 @@ masked), independent of how many slots are empty:
   backward: dP = dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO = 8 B H N K D
   (exactly as torch counts dense SDPA with M = K keys per query, so the two compare directly);
 * gather_scores / gather_values: 2 B H N K D forward, 4 B H N K D backward each;
+* iea_attention forward: QK over the K slots (2 B H N K D) + PV over the slots the output uses
+  (K, or keep with av_on_selected): 2 B H N K_av D; backward: dq, dk (4 B H N K D) + dp, dv (4 B H N K_av D);
+  the selection (a sort) is integer work and not counted;
 * topk_select, expand_two_hop and dlsg_index do comparisons and integer work only: 0 FLOPs;
 * window_topk_select: the pooled window score map, 2 B Hs nQ nK C (Hs = 1 and C = H D with shared
   heads; the token means and the sort are not counted); window_gather moves data: 0 FLOPs;
@@ -49,6 +52,18 @@ def gather_values_backward_flops(batch: int, heads: int, rows: int, slots: int, 
     return 4 * batch * heads * rows * slots * head_dim
 
 
+def iea_attention_flops(batch: int, heads: int, rows: int, slots: int, head_dim: int, av_slots: int) -> int:
+    """Forward FLOPs of iea_attention: QK over ``slots`` (K) plus PV over ``av_slots`` (K or keep)."""
+    return 2 * batch * heads * rows * (slots + av_slots) * head_dim
+
+
+def iea_attention_backward_flops(
+    batch: int, heads: int, rows: int, slots: int, head_dim: int, av_slots: int
+) -> int:
+    """Backward FLOPs of iea_attention (dq, dk over K slots; dp, dv over ``av_slots``)."""
+    return 4 * batch * heads * rows * (slots + av_slots) * head_dim
+
+
 def gather_attention_bytes(
     batch: int, heads: int, rows: int, slots: int, head_dim: int, *,
     elem_bytes: int = 2, index_bytes: int = 8, index_heads: int | None = None,
@@ -87,7 +102,9 @@ def register_flop_formulas() -> None:
     TRITON_INTERPRET); call it before creating a FlopCounterMode in the latter case.
     """
     from .gather_attention.op import register_flop_formulas as _register
+    from .iea_attention.op import register_flop_formulas as _register_iea
     from .window_topk.op import register_flop_formulas as _register_window_topk
 
     _register()
+    _register_iea()
     _register_window_topk()

@@ -54,7 +54,10 @@ def attention_configs(backward: bool) -> list[tuple[int, int, int]]:
     """(BM, BK, num_warps) candidates for the fused attention kernels.
 
     Interpreter: one config (BM 32, BK 16: several slot chunks per row even at test sizes). GPU: a small
-    autotuning space keyed on (K, D), every tile at most 256 x DP fp32 values (<= 16K for D <= 64);
+    autotuning space keyed on (K, D), every tile at most 256 x DP fp32 values (<= 16K for D <= 64); the
+    forward keeps BM * BK = 16 * num_warps slot rows per program: (16, 16, 4) and (8, 32, 4) spill at
+    D = 40, and (8, 16, 4) with fp32 inputs and an int64 index (ptxas for sm_80 / sm_90a, see
+    ``sr_kernels._aot`` and BENCHMARKS.md);
     ``SR_KERNELS_AUTOTUNE=0`` keeps only the first (heuristic) config.
     """
     if interpreter_enabled():
@@ -62,10 +65,17 @@ def attention_configs(backward: bool) -> list[tuple[int, int, int]]:
     if backward:
         space = [(8, 16, 4), (4, 16, 2), (16, 8, 4), (4, 32, 4), (16, 16, 8), (2, 32, 2)]
     else:
-        space = [(8, 16, 4), (4, 16, 2), (16, 16, 4), (8, 32, 4), (16, 8, 4), (4, 32, 4), (32, 8, 8), (2, 64, 4)]
+        space = [(4, 16, 4), (2, 16, 2), (8, 8, 4), (2, 32, 4), (16, 8, 8), (8, 16, 8), (1, 64, 4)]
     if os.environ.get(AUTOTUNE_ENV, "1").strip() in ("0", "false", "no"):
         return space[:1]
     return space
+
+
+def d_pieces(head_dim: int) -> tuple[int, int]:
+    """(WA, WB): D split into two power-of-two pieces (see ``sr_kernels.iea_attention._launch.d_pieces``)."""
+    wa = 1 << (head_dim.bit_length() - 1)
+    rest = head_dim - wa
+    return wa, (next_pow2(rest) if rest else 0)
 
 
 def tile_sizes(head_dim: int, num_slots: int) -> tuple[int, int, int, int]:

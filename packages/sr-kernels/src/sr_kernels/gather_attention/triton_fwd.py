@@ -2,9 +2,10 @@
 
 Kernel A, fused attention forward (one program = BM queries of one (batch, head)):
   load q once (fp32, scale folded in); loop over the K slots in chunks of BK: load the index tile,
-  gather the K rows as a (BM, BK, DP) register tile, s = sum_d q k, add the bias, -inf at empty slots,
+  gather the K rows as (BM, BK, WA) and (BM, BK, WB) register tiles (D = WA + WB, two power-of-two
+  pieces, e.g. 40 = 32 + 8: no padding to 64), s = sum_d q k, add the bias, -inf at empty slots,
   online softmax update (running max m, sum l, fp32 accumulator rescaled by alpha), gather the V rows
-  and accumulate sum_c p v. Only (BM, BK, DP) tiles ever exist: no N x K x D gathered tensor and no
+  and accumulate sum_c p v. Only (BM, BK, W) tiles ever exist: no N x K x D gathered tensor and no
   N x K score matrix are written. Stores out = acc / l and lse = m + log l (-inf for empty rows).
 
 Kernel "sddmm" (gather_scores, and dp = dO . v[index] in the values backward):
@@ -30,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import attention_configs, bias_view, index_strides, row_align, strides4, tile_sizes
+from ._launch import attention_configs, bias_view, d_pieces, index_strides, row_align, strides4, tile_sizes
 from ._triton_common import gathered_row_offsets
 
 LOG2E = math.log2(math.e)
@@ -50,20 +51,27 @@ def _attn_fwd_kernel(
     s_bb, s_bh, s_bn, s_bk,
     s_ob, s_oh, s_on, s_od,
     H, N, KS, qk_scale_log2,
-    HAS_BIAS: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KV_ALIGN: tl.constexpr,
+    HAS_BIAS: tl.constexpr, D: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, KV_ALIGN: tl.constexpr,
 ):
+    # D = WA + WB lanes in two power-of-two pieces (40 = 32 + 8, 18 = 16 + 2; see iea_attention._launch):
+    # no register or instruction spent on padding lanes up to the next power of two.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM).to(tl.int64)
     row_ok = rows < N
-    offs_d = tl.arange(0, DP)
-    d_ok = offs_d < D
-
-    q = tl.load(Q + b * s_qb + h * s_qh + rows[:, None] * s_qn + offs_d[None, :] * s_qd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-    q = q * qk_scale_log2  # log2-domain logits: exp2(s * log2 e) == exp(s)
+    q_rows = Q + b * s_qb + h * s_qh + rows[:, None] * s_qn
+    offs_a = tl.arange(0, WA)
+    qa = tl.load(q_rows + offs_a[None, :] * s_qd, mask=row_ok[:, None], other=0.0).to(tl.float32) * qk_scale_log2
+    acc_a = tl.zeros([BM, WA], tl.float32)
+    if WB > 0:
+        offs_b = WA + tl.arange(0, WB)
+        b_ok = offs_b < D
+        qb = tl.load(q_rows + offs_b[None, :] * s_qd, mask=row_ok[:, None] & b_ok[None, :],
+                     other=0.0).to(tl.float32) * qk_scale_log2
+        acc_b = tl.zeros([BM, WB], tl.float32)
     k_base = K + b * s_kb + h * s_kh
     v_base = V + b * s_vb + h * s_vh
     i_base = IDX + b * s_ib + h * s_ih + rows[:, None] * s_in
@@ -71,17 +79,19 @@ def _attn_fwd_kernel(
 
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, DP], tl.float32)
     for k0 in range(0, KS, BK):
         offs_k = k0 + tl.arange(0, BK)
         tile_ok = row_ok[:, None] & (offs_k[None, :] < KS)
         idx = tl.load(i_base + offs_k[None, :] * s_ik, mask=tile_ok, other=-1).to(tl.int64)
         valid = idx >= 0
         tok = tl.where(valid, idx, 0)
-        gmask = valid[:, :, None] & d_ok[None, None, :]
-        kt = tl.load(k_base + gathered_row_offsets(tok, s_km, KV_ALIGN) + offs_d[None, None, :] * s_kd,
-                     mask=gmask, other=0.0).to(tl.float32)
-        s = tl.sum(q[:, None, :] * kt, axis=2)
+        koff = k_base + gathered_row_offsets(tok, s_km, KV_ALIGN)
+        kt = tl.load(koff + offs_a[None, None, :] * s_kd, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        s = tl.sum(qa[:, None, :] * kt, axis=2)
+        if WB > 0:
+            kt = tl.load(koff + offs_b[None, None, :] * s_kd, mask=valid[:, :, None] & b_ok[None, None, :],
+                         other=0.0).to(tl.float32)
+            s += tl.sum(qb[:, None, :] * kt, axis=2)
         if HAS_BIAS:
             bias = tl.load(b_base + offs_k[None, :] * s_bk, mask=valid, other=0.0).to(tl.float32)
             s += bias * 1.4426950408889634
@@ -91,16 +101,23 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + gathered_row_offsets(tok, s_vm, KV_ALIGN) + offs_d[None, None, :] * s_vd,
-                     mask=gmask, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt, axis=1)
+        voff = v_base + gathered_row_offsets(tok, s_vm, KV_ALIGN)
+        vt = tl.load(voff + offs_a[None, None, :] * s_vd, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        acc_a = acc_a * alpha[:, None] + tl.sum(p[:, :, None] * vt, axis=1)
+        if WB > 0:
+            vt = tl.load(voff + offs_b[None, None, :] * s_vd, mask=valid[:, :, None] & b_ok[None, None, :],
+                         other=0.0).to(tl.float32)
+            acc_b = acc_b * alpha[:, None] + tl.sum(p[:, :, None] * vt, axis=1)
         m_i = m_new
 
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    inv_l = 1.0 / tl.where(empty, 1.0, l_i)
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_on + offs_d[None, :] * s_od,
-             out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    o_rows = OUT + b * s_ob + h * s_oh + rows[:, None] * s_on
+    tl.store(o_rows + offs_a[None, :] * s_od, (acc_a * inv_l[:, None]).to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    if WB > 0:
+        tl.store(o_rows + offs_b[None, :] * s_od, (acc_b * inv_l[:, None]).to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & b_ok[None, :])
     tl.store(LSE + pid_bh.to(tl.int64) * N + rows, lse, mask=row_ok)
 
 
@@ -156,7 +173,8 @@ def _spmm_kernel(
     s_ib, s_ih, s_in, s_ik,
     s_ob, s_oh, s_on, s_od,
     H, N, KS, scale,
-    D: tl.constexpr, DP: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, KV_ALIGN: tl.constexpr,
+    D: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    KV_ALIGN: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -164,12 +182,15 @@ def _spmm_kernel(
     h = (pid_bh % H).to(tl.int64)
     rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM).to(tl.int64)
     row_ok = rows < N
-    offs_d = tl.arange(0, DP)
-    d_ok = offs_d < D
+    offs_a = tl.arange(0, WA)
+    acc_a = tl.zeros([BM, WA], tl.float32)
+    if WB > 0:
+        offs_b = WA + tl.arange(0, WB)
+        b_ok = offs_b < D
+        acc_b = tl.zeros([BM, WB], tl.float32)
     b_base = B + b * s_bb + h * s_bh
     i_base = IDX + b * s_ib + h * s_ih + rows[:, None] * s_in
     p_base = P + b * s_pb + h * s_ph + rows[:, None] * s_pn
-    acc = tl.zeros([BM, DP], tl.float32)
     for k0 in range(0, KS, BK):
         offs_k = k0 + tl.arange(0, BK)
         tile_ok = row_ok[:, None] & (offs_k[None, :] < KS)
@@ -178,11 +199,18 @@ def _spmm_kernel(
         tok = tl.where(valid, idx, 0)
         p = tl.load(p_base + offs_k[None, :] * s_pk, mask=valid, other=0.0).to(tl.float32)
         p = tl.where(valid, p, 0.0)
-        bt = tl.load(b_base + gathered_row_offsets(tok, s_bm, KV_ALIGN) + offs_d[None, None, :] * s_bd,
-                     mask=valid[:, :, None] & d_ok[None, None, :], other=0.0).to(tl.float32)
-        acc += tl.sum(p[:, :, None] * bt, axis=1)
-    tl.store(OUT + b * s_ob + h * s_oh + rows[:, None] * s_on + offs_d[None, :] * s_od,
-             (acc * scale).to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        roff = b_base + gathered_row_offsets(tok, s_bm, KV_ALIGN)
+        bt = tl.load(roff + offs_a[None, None, :] * s_bd, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        acc_a += tl.sum(p[:, :, None] * bt, axis=1)
+        if WB > 0:
+            bt = tl.load(roff + offs_b[None, None, :] * s_bd, mask=valid[:, :, None] & b_ok[None, None, :],
+                         other=0.0).to(tl.float32)
+            acc_b += tl.sum(p[:, :, None] * bt, axis=1)
+    o_rows = OUT + b * s_ob + h * s_oh + rows[:, None] * s_on
+    tl.store(o_rows + offs_a[None, :] * s_od, (acc_a * scale).to(OUT.dtype.element_ty), mask=row_ok[:, None])
+    if WB > 0:
+        tl.store(o_rows + offs_b[None, :] * s_od, (acc_b * scale).to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & b_ok[None, :])
 
 
 def attention_fwd(
@@ -197,7 +225,7 @@ def attention_fwd(
     if out.numel() == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    dp = tile_sizes(d, ks)[0]
+    wa, wb = d_pieces(d)
     bias_b = bias_view(bias, (bsz, heads, n, ks))
 
     def grid(meta):
@@ -207,7 +235,7 @@ def attention_fwd(
         q, k, v, index, bias_b if bias_b is not None else q, out, lse,
         *strides4(q), *strides4(k), *strides4(v), *index_strides(index), *strides4(bias_b), *strides4(out),
         heads, n, ks, scale * LOG2E,
-        HAS_BIAS=bias is not None, D=d, DP=dp, KV_ALIGN=row_align(k, v),
+        HAS_BIAS=bias is not None, D=d, WA=wa, WB=wb, KV_ALIGN=row_align(k, v),
     )
     return out, lse
 
@@ -244,12 +272,13 @@ def spmm(
     out = torch.empty(bsz, heads, n, d, dtype=out_dtype, device=b.device)
     if out.numel() == 0:
         return out
-    dp, bm, bk, warps = tile_sizes(d, ks)
+    _, bm, bk, warps = tile_sizes(d, ks)
+    wa, wb = d_pieces(d)
     grid = (triton.cdiv(n, bm), bsz * heads)
     _spmm_kernel[grid](
         p, b, index, out,
         *strides4(p), *strides4(b), *index_strides(index), *strides4(out),
         heads, n, ks, scale,
-        D=d, DP=dp, BM=bm, BK=bk, KV_ALIGN=row_align(b), num_warps=warps,
+        D=d, WA=wa, WB=wb, BM=bm, BK=bk, KV_ALIGN=row_align(b), num_warps=warps,
     )
     return out
