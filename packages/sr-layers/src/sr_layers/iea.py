@@ -28,8 +28,9 @@ map). Inside the ops that is true of the Triton kernels (CUDA) but not of the to
 its dense-then-gather strategy computes a (B, H, N, N + 1) score map with one matmul whenever
 ``N <= 0.5 K D`` (``sr_kernels.gather_attention.torch_fast.use_dense``), because one matmul is
 faster on a CPU than N K gathers. That map is never bigger than half the (B, H, N, K, D) gathered
-rows the other strategy builds, so the CPU peak stays O(N K D) either way; it is a CPU-speed
-choice, not the O(N K) memory of the GPU path.
+rows the other strategy builds, and both are bounded: the torch backend runs the query rows in
+chunks so that one such temporary holds at most ``torch_fast.MAX_TEMP_ELEMENTS`` values (256 MB in
+fp32), i.e. a (B, H, rows, N + 1) slice of the map, never the whole N x N.
 """
 
 from __future__ import annotations
