@@ -129,7 +129,7 @@ def test_prior_is_added_to_the_logits_and_av_on_selected() -> None:
         vg = v[0][torch.arange(heads)[:, None, None], index[0]]
         s = torch.einsum("hnd,hnkd->hnk", q[0], kg) * layer.scale + prior[0]
         p = torch.softmax(s, -1)
-        if on_selected:  # PFT's rule: only the kept top-3, not renormalised
+        if on_selected:  # the paper's rule (as PFT): only the kept top-3, not renormalised
             top = p.topk(3, -1)
             p = torch.zeros_like(p).scatter(-1, top.indices, top.values)
         o = torch.einsum("hnk,hnkd->hnd", p, vg)[None]
