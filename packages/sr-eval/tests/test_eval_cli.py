@@ -199,6 +199,25 @@ def test_profile_on_cpu(tmp_path, capsys):
     assert res["flops_method"] == "meta"
     assert res["latency_ms"] is None and res["peak_memory_mb"] is None
     assert res["input_size"] == "32x24" and res["output_size"] == "64x48"
+    assert res["macs_pft_flops"] is None  # the tiny family defines no PFT-convention formula
+    assert "not defined" in res["macs_pft_flops_definition"]
+
+
+def test_profile_reports_both_conventions_for_iet_light(capsys):
+    from sr_models import create_model
+
+    rc = cli.main(["profile", "--model", "iet-light", "--scale", "4", "--output-size", "1280x720", "--device", "cpu"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    res = json.loads(cap.out)
+    with torch.device("meta"):
+        model = create_model("iet-light", 4)
+    assert res["flops_method"] == "meta" and res["input_size"] == "320x180"
+    assert res["macs"] == model.macs(180, 320, "full")  # the counter equals the analytic full count
+    assert res["macs_pft_flops"] == model.macs(180, 320, "pft")
+    assert res["macs_pft_flops"] < res["macs"]  # conv_after_body at 3 C^2, upsampler reduced
+    assert abs(res["macs_pft_flops"] / 69.5e9 - 1) < 0.03  # IET paper, Table 5, x4
+    assert res["macs_pft_flops_definition"].startswith("PFT's flops() convention")
 
 
 def test_profile_bad_size(capsys):

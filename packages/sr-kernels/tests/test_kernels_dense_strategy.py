@@ -209,3 +209,48 @@ def test_threshold_boundary_and_shared_list_is_not_expanded():
     slot_ids = fast._slot_ids(index, 6, 10)
     assert slot_ids.shape == (2, 6, 5, 4) and slot_ids.stride(1) == 0  # Hi = 1: a view over heads
     assert torch.equal(slot_ids[:, 3], torch.where(index[:, 0] < 0, 10, index[:, 0]))
+
+
+@settings(max_examples=12)
+@given(
+    dense=st.booleans(), shared=st.booleans(), n=st.integers(1, 23), kk=st.integers(1, 7),
+    bias_kind=st.sampled_from(["none", "full", "per_head_row", "per_slot"]), rows=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_row_chunking_equals_one_pass(dense, shared, n, kk, bias_kind, rows, seed):
+    """The public torch_fast functions run the query rows in chunks bounded by MAX_TEMP_ELEMENTS; a
+    budget of 1 to 4 rows per chunk gives the one-pass results, forward and backward."""
+    b, h, d = 2, 3, 4
+    g = torch.Generator().manual_seed(seed)
+    m = _keys_for(dense, kk, d, 0.5)
+    q = torch.randn(b, h, n, d, generator=g, dtype=F64)
+    k, v = (torch.randn(b, h, m, d, generator=g, dtype=F64) for _ in range(2))
+    index = _index(g, b, 1 if shared else h, n, kk, m, torch.int64)
+    bias = _bias(g, bias_kind, b, h, n, kk)
+    bias = None if bias is None else bias.detach()
+    p = torch.rand(b, h, n, kk, generator=g, dtype=F64)
+    go, gl = torch.randn(b, h, n, d, generator=g, dtype=F64), torch.randn(b, h, n, generator=g, dtype=F64)
+    gs = torch.randn(b, h, n, kk, generator=g, dtype=F64)
+
+    def run():
+        out, lse = fast.attention_forward(q, k, v, index, 0.5, bias)
+        return [
+            fast.scores_forward(q, k, index, 0.5, bias),
+            *fast.scores_backward(gs, q, k, index, 0.5),
+            fast.values_forward(p, v, index),
+            *fast.values_backward(go, p, v, index),
+            out, lse,
+            *fast.attention_backward(go, gl, q, k, v, index, bias, out, lse, 0.5),
+        ]
+
+    whole = run()
+    per_row = b * h * ((m + 1) if dense else kk * d)
+    old = fast.MAX_TEMP_ELEMENTS
+    fast.MAX_TEMP_ELEMENTS = rows * per_row
+    try:
+        assert fast.row_chunk(b, h, m, kk, d) == rows
+        chunked = run()
+    finally:
+        fast.MAX_TEMP_ELEMENTS = old
+    for i, (a, e) in enumerate(zip(chunked, whole)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=lambda s, i=i: f"output {i}: {s}")

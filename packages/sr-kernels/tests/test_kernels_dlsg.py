@@ -59,3 +59,28 @@ def test_random_samples_stay_in_their_patch_and_are_shared(h, w, dilation, seed)
     cells = (r // w // dilation) * w + (r % w // dilation)
     for cell in cells.unique():
         assert r[cells == cell].unique().numel() == 1  # one sample per grid patch, shared by all queries
+
+
+@settings(max_examples=15)
+@given(
+    h=st.integers(1, 30), w=st.integers(1, 30), local=st.integers(1, 8), samples=st.integers(1, 25),
+    dilation=st.integers(1, 4), seed=st.integers(0, 2**31 - 1), chunk=st.sampled_from([1, 97, 5000]),
+)
+def test_row_chunking_does_not_change_the_list(h, w, local, samples, dilation, seed, chunk):
+    """The list is built a few rows at a time (bounded temporaries); any chunk size gives the list
+    of one whole-image pass (chunk = 1 << 40), with and without a generator."""
+    import sr_kernels.dlsg as mod
+
+    def build(chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+        old = mod._CHUNK_ELEMENTS
+        mod._CHUNK_ELEMENTS = chunk_elements
+        try:
+            fixed = dlsg_index(h, w, local=local, samples=samples, dilation=dilation)
+            rand = dlsg_index(h, w, local=local, samples=samples, dilation=dilation,
+                              generator=torch.Generator().manual_seed(seed))
+        finally:
+            mod._CHUNK_ELEMENTS = old
+        return fixed, rand
+
+    whole, chunked = build(1 << 40), build(chunk)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])

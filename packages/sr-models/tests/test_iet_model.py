@@ -4,6 +4,7 @@ determinism, dilation handling and gradients (tiny configs on CPU; full size onl
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ TINY = {
     "dlsg_local": 3,
     "dlsg_samples": 3,
     "k_schedule": (18, 12, 16, 12, 12, 8),
+    "expand_ks": (8, 8),
     "expand_k1": (4, 3),
     "expand_k2": (3, 2),
     "num_feat": 8,
@@ -184,8 +186,10 @@ class _LargestOutput(TorchDispatchMode):
 
 @pytest.mark.parametrize("name", ["iet", "iet-light"])
 def test_no_tensor_grows_faster_than_the_pixel_count(name: str) -> None:
-    """No dense N x N map: on meta tensors (full-size model, shapes only), 4x the pixels gives at most
-    ~4x the largest intermediate (an N x N map would give 16x)."""
+    """No dense N x N map outside the sparse ops: on meta tensors (full-size model, shapes only; the
+    custom ops report only their outputs), 4x the pixels gives at most ~4x the largest intermediate
+    (an N x N map would give 16x). Inside the ops, the torch CPU backend may build a (B, H, N, N+1)
+    map for small N (see sr_layers.iea); the Triton kernels never do."""
     with torch.device("meta"):
         model = create_model(name, 2).eval()
     largest = []
@@ -236,8 +240,63 @@ def test_safetensors_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-de
     torch.manual_seed(6)
     model = create_model("iet-light", 3, **TINY).eval()
     path = save_safetensors(model, tmp_path / "iet.safetensors")
-    again = load_checkpoint(path).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file saved with today's fields loads without a warning
+        again = load_checkpoint(path).eval()
     assert again.model_name == "iet-light" and again.scale == 3 and again.config == model.config
     x = torch.rand(1, 3, 9, 8)
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
+
+
+def _legacy_file(tmp_path, model):  # type: ignore[no-untyped-def]
+    """``model`` saved as a checkpoint written before issue 16: its config without ``expand_ks``."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from sr_models.checkpoint import save_safetensors
+
+    path = save_safetensors(model, tmp_path / "old.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    del cfg["expand_ks"]
+    meta["config"] = json.dumps(cfg)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    return path
+
+
+def test_checkpoint_saved_before_the_defaults_changed_loads_as_trained_with_a_warning(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sr_models.checkpoint import load_checkpoint
+
+    torch.manual_seed(8)
+    # what such a file held: the all-K output and expansion layers keeping their whole list (k_s = K)
+    legacy = {**TINY, "av_on_selected": False, "expand_ks": (12, 12)}
+    model = create_model("iet", 2, **legacy).eval()
+    path = _legacy_file(tmp_path, model)
+    with pytest.warns(UserWarning, match="saved before the IET defaults changed"):
+        again = load_checkpoint(path)
+    assert again.config["expand_ks"] == [12, 12] and again.config["av_on_selected"] is False
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    # today's defaults compute something else with the same weights
+    today = create_model("iet", 2, **{**TINY, "av_on_selected": True}).eval()
+    today.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(today(x), model(x))
+
+
+def test_plain_state_dict_of_the_old_default_gives_a_one_line_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sr_models.checkpoint import CheckpointError, load_checkpoint
+
+    old = {**TINY, "dlsg_local": 8, "dlsg_samples": 12, "k_schedule": (208, 12, 16, 12, 12, 8)}
+    model = create_model("iet", 2, **old)
+    path = tmp_path / "old.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(CheckpointError, match="dlsg_samples=12") as err:
+        load_checkpoint(path, name="iet", scale=2)
+    assert "\n" not in str(err.value) and ".safetensors" in str(err.value)

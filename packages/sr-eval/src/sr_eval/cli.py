@@ -88,7 +88,10 @@ def _eval_parser() -> argparse.ArgumentParser:
 def _profile_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sr-eval profile",
-        description="Parameters, FLOPs, latency (CUDA events, median) and peak memory of a model, as JSON.",
+        description="Parameters, FLOPs, latency (CUDA events, median) and peak memory of a model, as JSON. "
+        "MACs are reported twice: 'macs' is the full count (what runs, FlopCounterMode), 'macs_pft_flops' is "
+        "PFT's flops() convention, the one of the IET/PFT papers' tables (conv_after_body as 3 C^2, only the "
+        "pixel-shuffle convs, all at LR size; null for families without that formula).",
     )
     p.add_argument("--model", required=True, help="registry name")
     p.add_argument("--scale", type=int, default=4, help="upscaling factor (default 4)")

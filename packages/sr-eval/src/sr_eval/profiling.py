@@ -11,8 +11,22 @@ their own formulas when sr_kernels registers them with ``register_flop_formula``
    count, the count at the (padded) target size is scaled from them;
 3. ``measured``: otherwise one real forward at the full size.
 
-``flops_method`` in the result says which was used. Latency uses CUDA events after warm-up (median
-of repeats); on CPU it is measured only when asked (wall clock). Peak memory is CUDA-only.
+``flops_method`` in the result says which was used. This is the **full count**: what the model
+really runs, every conv at its real size.
+
+Papers do not all count that way. The IET and PFT papers' tables use **PFT's ``flops()``
+convention** (the hand-written ``flops()`` methods of the official PFT-SR code, which SwinIR's
+code introduced): multiply-accumulates at the LR size, ``conv_after_body`` counted as 3 C^2 per
+pixel (a 3x3 conv is 9 C^2), of the upsampler only the convs that feed a PixelShuffle, all at the
+LR size (the conv before the upsampler and the HR-size last conv left out; the one-step upsampler
+as ``C * 3 * 9``), only the patch-embedding LayerNorm, and the attention over the slots its kernels
+use. At x2 it is about 2% below the full count of IET, at x4 about 4%. A family that can be
+counted that way says so with ``model.mac_conventions`` containing "pft" and ``model.macs(h, w,
+"pft")`` (IET and IET-light do); the profile reports it as ``macs_pft_flops`` (None for other
+families), at the unpadded LR size, as PFT's ``flops()`` takes it.
+
+Latency uses CUDA events after warm-up (median of repeats); on CPU it is measured only when asked
+(wall clock). Peak memory is CUDA-only.
 """
 
 from __future__ import annotations
@@ -89,6 +103,25 @@ def flops_at(model: nn.Module, lr_hw: tuple[int, int], *, device: torch.device) 
     return real(hp, wp), "measured (one real forward at the full size)"
 
 
+FULL_COUNT = (
+    "full count: torch FlopCounterMode over the real forward (2 FLOPs per multiply-add; sparse ops by "
+    "sr_kernels' formulas, over every slot they run), every conv at its real size"
+)
+PFT_FLOPS_CONVENTION = (
+    "PFT's flops() convention (official PFT-SR code, the convention of the IET/PFT papers' tables): "
+    "MACs at the LR size, conv_after_body as 3 C^2 per pixel, only the upsampler convs feeding a "
+    "PixelShuffle (at the LR size), only the patch-embedding norm, attention over the kernels' slots"
+)
+
+
+def pft_flops_convention_macs(model: nn.Module, lr_hw: tuple[int, int]) -> int | None:
+    """MACs of ``model`` at LR size ``lr_hw`` (unpadded) under PFT's ``flops()`` convention, or None
+    when its family defines no such formula (``model.mac_conventions`` lacks "pft")."""
+    if "pft" not in tuple(getattr(model, "mac_conventions", ())):
+        return None
+    return int(model.macs(lr_hw[0], lr_hw[1], "pft"))
+
+
 def _median_latency_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
@@ -125,8 +158,10 @@ def profile_model(
     """Profile ``model`` producing an image of ``output_size`` = (width, height) pixels.
 
     The LR input is (height // s, width // s), padded by the model's pad policy. Returns a JSON-ready
-    dict: params, flops (2 per MAC), macs, flops_method, latency_ms (median; None when not measured),
-    peak_memory_mb (CUDA max allocated during one forward, None on CPU), sizes, device and precision.
+    dict: params, flops (2 per MAC), macs, flops_method (the full count, see the module docstring),
+    macs_pft_flops (PFT's ``flops()`` convention, None where the family has no formula), the
+    definitions of both, latency_ms (median; None when not measured), peak_memory_mb (CUDA max
+    allocated during one forward, None on CPU), sizes, device and precision.
     ``measure_latency`` defaults to True on CUDA and False on CPU.
     """
     device = torch.device(device)
@@ -152,7 +187,15 @@ def profile_model(
     }
     if with_flops:
         flops, method = flops_at(model, (lr_h, lr_w), device=device)
-        result.update(flops=flops, macs=flops // 2, gflops=flops / 1e9, gmacs=flops / 2e9, flops_method=method)
+        result.update(flops=flops, macs=flops // 2, gflops=flops / 1e9, gmacs=flops / 2e9, flops_method=method,
+                      macs_definition=FULL_COUNT)
+        pft = pft_flops_convention_macs(model, (lr_h, lr_w))
+        result.update(
+            macs_pft_flops=pft,
+            gmacs_pft_flops=None if pft is None else pft / 1e9,
+            macs_pft_flops_definition=PFT_FLOPS_CONVENTION if pft is not None
+            else f"not defined for {result['model']} (its family has no PFT-convention formula)",
+        )
 
     def fwd() -> torch.Tensor:
         with _autocast(device, precision):

@@ -24,6 +24,9 @@ import torch
 
 from ._checks import check_positive_int
 
+#: Target size (elements) of the per-chunk temporaries; the list is built a few token rows at a time.
+_CHUNK_ELEMENTS = 1 << 22
+
 
 def dlsg_index(
     height: int,
@@ -61,16 +64,11 @@ def dlsg_index(
     def window_origin(pos: torch.Tensor, size: int, extent: int) -> torch.Tensor:
         return (pos - size // 2).clamp(min=0, max=max(extent - size, 0))
 
-    # Local window rows/cols: (height, local) and (width, local).
+    # Per-row / per-column geometry, (height, .) and (width, .): cheap.
     lo_y = window_origin(ys, local, height)
     lo_x = window_origin(xs, local, width)
-    ly = lo_y[:, None] + torch.arange(local, device=gen_device)
+    ly = lo_y[:, None] + torch.arange(local, device=gen_device)  # local window rows (H, local)
     lx = lo_x[:, None] + torch.arange(local, device=gen_device)
-    # tokens (H, W, local, local)
-    l_ok = (ly < height)[:, None, :, None] & (lx < width)[None, :, None, :]
-    l_tok = ly[:, None, :, None] * width + lx[None, :, None, :]
-    l_tok = l_tok.masked_fill(~l_ok, -1)
-
     # Global region, snapped to the d-grid: patch rows/cols (height, samples), (width, samples).
     region = samples * dilation
     g_y = window_origin(ys, region, height) // dilation * dilation
@@ -78,24 +76,37 @@ def dlsg_index(
     py = g_y[:, None] + dilation * torch.arange(samples, device=gen_device)
     px = g_x[:, None] + dilation * torch.arange(samples, device=gen_device)
     cells_y, cells_x = -(-height // dilation), -(-width // dilation)
+    # one offset per grid cell for the whole image, drawn before the row loop (same draw as unchunked)
     if generator is None:
         off = torch.full((cells_y, cells_x, 2), dilation // 2, dtype=torch.long, device=gen_device)
     else:
         off = torch.randint(0, dilation, (cells_y, cells_x, 2), generator=generator, device=gen_device)
     cy = (py // dilation).clamp_max(cells_y - 1)  # (H, S)
     cx = (px // dilation).clamp_max(cells_x - 1)  # (W, S)
-    cell_off = off[cy[:, None, :, None], cx[None, :, None, :]]  # (H, W, S, S, 2)
-    sy = (py[:, None, :, None] + cell_off[..., 0]).clamp_max(height - 1)
-    sx = (px[None, :, None, :] + cell_off[..., 1]).clamp_max(width - 1)
-    g_ok = (py < height)[:, None, :, None] & (px < width)[None, :, None, :]
-    in_local = (
-        (sy >= lo_y[:, None, None, None])
-        & (sy < lo_y[:, None, None, None] + local)
-        & (sx >= lo_x[None, :, None, None])
-        & (sx < lo_x[None, :, None, None] + local)
-    )
-    g_tok = (sy * width + sx).masked_fill(~g_ok | in_local, -1)
 
-    n = height * width
-    out = torch.cat([l_tok.reshape(n, local * local), g_tok.reshape(n, samples * samples)], dim=1)
-    return out.to(device=out_device, dtype=torch.int64)
+    n, kk = height * width, local * local + samples * samples
+    out = torch.empty(n, kk, dtype=torch.int64, device=out_device)
+    # Rows of tokens in chunks, so that the (rows, W, S, S) temporaries stay near _CHUNK_ELEMENTS
+    # elements whatever the image size (a 640 x 360 image with S = 25 would need ~2 GB per int64 one).
+    rows = max(1, _CHUNK_ELEMENTS // max(1, width * max(samples * samples, local * local)))
+    for r0 in range(0, height, rows):
+        r = slice(r0, min(r0 + rows, height))
+        # tokens of the local window (h, W, local, local)
+        l_ok = (ly[r] < height)[:, None, :, None] & (lx < width)[None, :, None, :]
+        l_tok = (ly[r][:, None, :, None] * width + lx[None, :, None, :]).masked_fill(~l_ok, -1)
+        cell_off = off[cy[r][:, None, :, None], cx[None, :, None, :]]  # (h, W, S, S, 2)
+        sy = (py[r][:, None, :, None] + cell_off[..., 0]).clamp_max(height - 1)
+        sx = (px[None, :, None, :] + cell_off[..., 1]).clamp_max(width - 1)
+        del cell_off
+        g_ok = (py[r] < height)[:, None, :, None] & (px < width)[None, :, None, :]
+        in_local = (
+            (sy >= lo_y[r][:, None, None, None])
+            & (sy < lo_y[r][:, None, None, None] + local)
+            & (sx >= lo_x[None, :, None, None])
+            & (sx < lo_x[None, :, None, None] + local)
+        )
+        g_tok = (sy * width + sx).masked_fill(~g_ok | in_local, -1)
+        m = l_tok.shape[0] * width
+        chunk = torch.cat([l_tok.reshape(m, local * local), g_tok.reshape(m, samples * samples)], dim=1)
+        out[r0 * width : r0 * width + m] = chunk.to(out_device)
+    return out

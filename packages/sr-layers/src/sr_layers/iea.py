@@ -10,16 +10,27 @@ slot), carried from layer to layer in an :class:`IEAState`. One layer:
    log-probabilities at the candidates it kept (PFT's Hadamard re-weighting
    ``P * P_prev / sum`` is exactly ``softmax(s + log P_prev)``; log-space keeps it exact and
    differentiable). The chain is not detached, as in PFT.
-3. ``P = softmax(s)``; output ``O = sum_c P_c v_j`` over all K candidates (the IET formula), or over
-   the kept ones only (``av_on_selected``, PFT's rule, not renormalised); plus LePE
-   ``GELU(DWConv(V))`` in the blocks without bias; then ``W_proj``.
-4. sparsification: keep the top ``keep`` candidates of ``P`` per row, sorted
-   (``sr_kernels.topk_select``); their log-probabilities become the next layer's prior.
-5. at the last layer of blocks 1-4, expansion: the kept (sorted) list and the top-k1 one-hop /
-   top-k2 two-hop neighbours give the next list (``sr_kernels.expand_two_hop``).
+3. ``P = softmax(s)``; sparsification (Eq. 4): the top ``k_s = plan.keep`` candidates of ``P`` per
+   row, sorted best first (``sr_kernels.topk_select``), not renormalised; their log-probabilities
+   become the next layer's prior.
+4. output (Eq. 3 with A_s, I_s; section 3.2 and Fig. 4, PFT's rule): ``O = sum_c P_c v_j`` over the
+   kept k_s only (``av_on_selected=True``, the default); ``av_on_selected=False`` aggregates all K
+   candidates instead (an ablation option). The last layer, which passes nothing on, aggregates all
+   K. Plus LePE ``GELU(DWConv(V))`` in the blocks without bias; then ``W_proj``.
+5. at the last layer of blocks 1-4, expansion (Eq. 5-8) from the sparsified set: the kept k_s
+   (sorted), the top-k1 of them as one-hop neighbours u and the top-k2 of each u's own kept list
+   give ``Dedup(I_s U N2)`` as the next list (``sr_kernels.expand_two_hop``); if it is wider than
+   the next K, the weakest two-hop candidates are dropped (see :mod:`sr_layers.iet_schedule`).
 
-The top-1 non-self entry of the sorted selection is returned for SF-FFN. No N x N tensor exists
-anywhere: every tensor is O(N K). All sparse work goes through the public ``sr_kernels`` API.
+The top-1 non-self entry of the sorted selection is returned for SF-FFN. All sparse work goes
+through the public ``sr_kernels`` API, and every tensor this module builds is O(N K) (no N x N
+map). Inside the ops that is true of the Triton kernels (CUDA) but not of the torch backend (CPU):
+its dense-then-gather strategy computes a (B, H, N, N + 1) score map with one matmul whenever
+``N <= 0.5 K D`` (``sr_kernels.gather_attention.torch_fast.use_dense``), because one matmul is
+faster on a CPU than N K gathers. That map is never bigger than half the (B, H, N, K, D) gathered
+rows the other strategy builds, and both are bounded: the torch backend runs the query rows in
+chunks so that one such temporary holds at most ``torch_fast.MAX_TEMP_ELEMENTS`` values (256 MB in
+fp32), i.e. a (B, H, rows, N + 1) slice of the map, never the whole N x N.
 """
 
 from __future__ import annotations
@@ -88,7 +99,7 @@ class IEAttention(nn.Module):
         rpb_rows: int = 0,
         rpb_shared_heads: bool = False,
         lepe_kernel: int = 7,
-        av_on_selected: bool = False,
+        av_on_selected: bool = True,
         expansion_prior: str = "uniform",
     ) -> None:
         super().__init__()
@@ -150,7 +161,7 @@ class IEAttention(nn.Module):
         plan = self.plan
         keep = plan.keep
         on_selected = self.av_on_selected and not last and keep < index.shape[-1]
-        if not on_selected:  # the IET formula: the output uses every candidate of the list
+        if not on_selected:  # all K (the last layer, or the av_on_selected=False ablation)
             p = logp.exp()
             out = sr_kernels.gather_values(p, v, index, check_index=self.check_index)
             del p
@@ -168,7 +179,7 @@ class IEAttention(nn.Module):
         else:
             kept_logp, kept_idx = sr_kernels.topk_select(logp, index, keep, check_index=self.check_index)
         del logp
-        if on_selected:  # PFT's rule: only the kept entries, not renormalised
+        if on_selected:  # the paper's rule (Eq. 3-4, as in PFT): only the kept k_s, not renormalised
             out = sr_kernels.gather_values(kept_logp.exp(), v, kept_idx, check_index=self.check_index)
         out = rearrange(out, "b h n d -> b n (h d)")
         if self.lepe is not None:

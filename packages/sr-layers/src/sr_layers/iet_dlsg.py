@@ -31,20 +31,35 @@ def rpb_table_size(local: int, samples: int) -> int:
     return (2 * local - 1) ** 2 + (2 * samples + 1) ** 2
 
 
+_CHUNK_ROWS_ELEMENTS = 1 << 22  # bias ids are computed for about this many (token, slot) pairs at a time
+
+
 def dlsg_bias_ids(
     index: torch.Tensor, height: int, width: int, *, local: int, samples: int, dilation: int
 ) -> torch.Tensor:
     """Bias-table row of every DLSG slot (see the module docstring).
 
-    index: (N, K) int64 DLSG list for an image of ``height x width`` (N = height*width), local
-    slots first. Returns (N, K) int64 in [0, rpb_table_size(local, samples)); empty slots get 0
-    (their logits are -inf anyway).
+    index: (N, K) integer DLSG list for an image of ``height x width`` (N = height*width), local
+    slots first. Returns (N, K) in index's dtype with values in [0, rpb_table_size(local, samples));
+    empty slots get 0 (their logits are -inf anyway). Computed in row chunks, so the int64
+    temporaries stay small whatever N is.
     """
     n, k = index.shape
     if n != height * width:
         raise ValueError(f"index has {n} rows but the image has {height}x{width} = {height * width} tokens")
+    out = torch.empty_like(index)
+    rows = max(1, _CHUNK_ROWS_ELEMENTS // max(k, 1))
+    for r0 in range(0, n, rows):
+        out[r0 : r0 + rows] = _bias_ids_rows(index[r0 : r0 + rows].long(), r0, width, local, samples, dilation)
+    return out
+
+
+def _bias_ids_rows(
+    index: torch.Tensor, first_row: int, width: int, local: int, samples: int, dilation: int
+) -> torch.Tensor:
+    m, k = index.shape
     dev = index.device
-    q = torch.arange(n, device=dev).unsqueeze(1)
+    q = torch.arange(first_row, first_row + m, device=dev).unsqueeze(1)
     key = index.clamp_min(0)
     qy, qx = q // width, q % width
     ky, kx = key // width, key % width
@@ -81,21 +96,26 @@ class DLSGCandidates:
     def __call__(
         self, height: int, width: int, dilation: int, device: torch.device, *, training: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (index (N, K) int32, bias ids (N, K) int32) on ``device``."""
+        """Return (index (N, K) int32, bias ids (N, K) int32) on ``device`` (uninitialised tensors of
+        those shapes on the meta device, where only shapes matter)."""
         key = (height, width, dilation, str(device))
         if not training and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        if device.type == "meta":  # shapes only (FLOP counting on meta models): no list is built
+            shape = (height * width, self.local**2 + self.samples**2)
+            empty = torch.empty(shape, dtype=torch.int32, device=device)
+            return empty, torch.empty_like(empty)
         gen = None  # inference: the patch centres (deterministic)
         if training:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # from torch's global RNG
             gen = torch.Generator().manual_seed(seed)
+        # int32 halves the memory of int64; every later list keeps the dtype of this one
         index = sr_kernels.dlsg_index(
             height, width, local=self.local, samples=self.samples, dilation=dilation, generator=gen
-        ).to(device=device, dtype=torch.int64)
+        ).to(torch.int32)
         ids = dlsg_bias_ids(index, height, width, local=self.local, samples=self.samples, dilation=dilation)
-        # int32 halves the memory of int64; every later list keeps the dtype of this one
-        index, ids = index.to(torch.int32), ids.to(torch.int32)
+        index, ids = index.to(device), ids.to(device)
         if not training and self.cache_size > 0:
             self._cache[key] = (index, ids)
             while len(self._cache) > self.cache_size:

@@ -262,9 +262,17 @@ def load_checkpoint(
             f"cannot infer the model of {path} from its keys (first keys: {list(sd)[:5]}); pass name="
         )
     try:
-        get_entry(name)
+        entry = get_entry(name)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+    build_config = {**config, **overrides}
+    if entry.upgrade_checkpoint is not None:
+        try:
+            build_config, note = entry.upgrade_checkpoint(build_config, sd, meta.get("format") == METADATA_FORMAT)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        if note:
+            warnings.warn(f"{path}: {note}", stacklevel=2)
     if ckpt_scale is None and name is not None:
         _, ckpt_scale = infer_name_and_scale(sd, hint=path.name, warn=False)
     if scale is None:
@@ -278,7 +286,7 @@ def load_checkpoint(
             "allow_scale_transfer=True to resample its upsampler (fine-tuning start)"
         )
     try:
-        model = create_model(name, scale=scale, **{**config, **overrides})
+        model = create_model(name, scale=scale, **build_config)
     except ValueError as exc:
         raise CheckpointError(f"{path}: cannot build model {name!r} at scale {scale}: {exc}") from exc
     if need_transfer:

@@ -7,40 +7,57 @@ carries three attributes used across the project:
 * ``model_name`` (str): the registry name it was built from;
 * ``scale`` (int): the upscaling factor;
 * ``config`` (dict): the fully resolved, JSON-serialisable configuration (stored with checkpoints).
+
+A family whose defaults change may also register ``upgrade_checkpoint(config, state_dict,
+from_metadata) -> (config, warning or None)``, which :func:`sr_models.load_checkpoint` calls before
+building the model with the checkpoint's config (the saved one merged with the caller's overrides;
+``from_metadata`` says whether a saved config exists): it turns a config saved by an older version
+into one that rebuilds the same network, or raises a ValueError saying in one line why the file
+cannot be loaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 Builder = Callable[..., nn.Module]
+CheckpointUpgrader = Callable[[dict[str, Any], Mapping[str, Any], bool], tuple[dict[str, Any], str | None]]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its name, builder, allowed scales and a one-line description."""
+    """A registered model: its name, builder, allowed scales, a one-line description and an optional
+    checkpoint-config upgrader (see the module docstring)."""
 
     name: str
     builder: Builder
     scales: tuple[int, ...]
     description: str
+    upgrade_checkpoint: CheckpointUpgrader | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, scales: Sequence[int] = (2, 3, 4), description: str = ""
+    name: str,
+    *,
+    scales: Sequence[int] = (2, 3, 4),
+    description: str = "",
+    upgrade_checkpoint: CheckpointUpgrader | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(scale, **overrides) -> nn.Module`` under ``name``."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, tuple(scales), description or (builder.__doc__ or "").strip())
+        _REGISTRY[name] = ModelEntry(
+            name, builder, tuple(scales), description or (builder.__doc__ or "").strip(), upgrade_checkpoint
+        )
         return builder
 
     return wrap

@@ -20,7 +20,11 @@ float32 (float64). Two strategies, picked per call from the shapes by :func:`use
 
 Memory: the dense strategy is used only when ``M <= DENSE_MAX_KEYS_PER_SLOT_FEATURE * K * D``, i.e. when
 one dense (B,H,N,M) map is at most half the size of one gathered (B,H,N,K,D) tensor; a pass holds at
-most two dense maps at a time, so the peak stays below the gather strategy's O(N K D). With Hi = 1 the
+most two dense maps at a time, so the peak stays below the gather strategy's O(N K D). Both are bounded
+further: the public functions below run the query rows in chunks so that one such temporary (a
+(B,H,rows,M+1) map or (B,H,rows,K,D) gathered rows) holds at most ``MAX_TEMP_ELEMENTS`` values (256 MB
+in fp32); the outputs are the same (dK / dV are sums over the chunks, so they differ from one pass by
+float summation order only). With Hi = 1 the
 index is broadcast over heads with ``expand`` views (the flat row ids of the gather strategy are the one
 (B,H,N,K) int64 exception, N*K per head, D times smaller than the gathered rows).
 
@@ -41,6 +45,10 @@ Tensor = torch.Tensor
 #: map is then at most half the size of a gathered (B,H,N,K,D) tensor. At the IET shape (D = 40) that
 #: is M <= 20 K: every list of K >= 29 slots over a 24 x 24 LR crop (M = 576) runs dense.
 DENSE_MAX_KEYS_PER_SLOT_FEATURE = 0.5
+
+
+#: Largest temporary (elements) one chunk of query rows may build; see the module docstring.
+MAX_TEMP_ELEMENTS = 1 << 26
 
 
 def use_dense(num_keys: int, slots: int, head_dim: int) -> bool:
@@ -139,7 +147,7 @@ def _dense_logits(
     return _finish_logits(s, bias, index, ct)  # a bias could turn the -inf of an empty slot into nan
 
 
-def scores_forward(
+def _scores_forward_rows(
     q: Tensor,
     k: Tensor,
     index: Tensor,
@@ -160,7 +168,7 @@ def scores_forward(
     return _finish_logits((kg @ qc.unsqueeze(-1)).squeeze(-1) * scale, bias, index, ct)
 
 
-def scores_backward(
+def _scores_backward_rows(
     grad: Tensor, q: Tensor, k: Tensor, index: Tensor, scale: float, *, dense: bool | None = None
 ) -> tuple[Tensor, Tensor]:
     """dq (B,H,N,D) and dk (B,H,M,D) (in q's / k's dtypes) for logits = scale q.k[index] (+ bias);
@@ -186,7 +194,7 @@ def scores_backward(
 # ----------------------------------------------------------------------------------------------
 
 
-def values_forward(p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = None) -> Tensor:
+def _values_forward_rows(p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = None) -> Tensor:
     """out_i = sum_c p_ic v[index_ic] -> (B,H,N,D) in v's dtype; empty slots contribute nothing."""
     ct = compute_dtype(p, v)
     b, h, n, kk = p.shape
@@ -200,7 +208,7 @@ def values_forward(p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = 
     return out.to(v.dtype)
 
 
-def values_backward(
+def _values_backward_rows(
     grad: Tensor, p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = None
 ) -> tuple[Tensor, Tensor]:
     """dp (B,H,N,K) (0 at empty slots, p's dtype) and dv (B,H,M,D) (v's dtype) for
@@ -238,7 +246,7 @@ def _finite_or_zero(lse: Tensor) -> Tensor:
     return lse.masked_fill(torch.isinf(lse), 0.0)
 
 
-def attention_forward(
+def _attention_forward_rows(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -267,7 +275,7 @@ def attention_forward(
     return out.to(q.dtype), lse
 
 
-def attention_backward(
+def _attention_backward_rows(
     grad_out: Tensor,
     grad_lse: Tensor | None,
     q: Tensor,
@@ -320,3 +328,117 @@ def attention_backward(
         del dss
         dv = _scatter(p.unsqueeze(-1) * do.unsqueeze(-2), flat, vc)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), ds
+
+
+# ----------------------------------------------------------------------------------------------
+# query-row chunking: the public entry points (what the custom ops call)
+# ----------------------------------------------------------------------------------------------
+
+
+def row_chunk(batch: int, heads: int, num_keys: int, slots: int, head_dim: int, dense: bool | None = None) -> int:
+    """Query rows per chunk so that one temporary of the chosen strategy holds <= MAX_TEMP_ELEMENTS."""
+    is_dense = use_dense(num_keys, slots, head_dim) if dense is None else dense
+    per_row = batch * heads * ((num_keys + 1) if is_dense else max(slots, 1) * head_dim)
+    return max(1, MAX_TEMP_ELEMENTS // max(per_row, 1))
+
+
+def _rows(t: Tensor | None, r: slice) -> Tensor | None:
+    """Rows ``r`` of dim 2 of a (.., .., N, ..) tensor; a broadcast dim 2 (size 1) is kept."""
+    if t is None or t.dim() < 3 or t.shape[2] == 1:
+        return t
+    return t[:, :, r]
+
+
+def _spans(n: int, step: int) -> list[slice]:
+    return [slice(r0, min(r0 + step, n)) for r0 in range(0, n, step)]
+
+
+def scores_forward(
+    q: Tensor, k: Tensor, index: Tensor, scale: float, bias: Tensor | None = None, *, dense: bool | None = None
+) -> Tensor:
+    """Logits (B,H,N,K): scale q_i.k[index_ic] + bias_ic, -inf at empty slots; float32 (float64 for
+    float64 inputs). ``dense`` forces a strategy (default: :func:`use_dense`). Row-chunked."""
+    b, h, n, d = q.shape
+    step = row_chunk(b, h, k.shape[2], index.shape[-1], d, dense)
+    if step >= n:
+        return _scores_forward_rows(q, k, index, scale, bias, dense=dense)
+    return torch.cat([_scores_forward_rows(q[:, :, r], k, index[:, :, r], scale, _rows(bias, r), dense=dense)
+                      for r in _spans(n, step)], dim=2)
+
+
+def scores_backward(
+    grad: Tensor, q: Tensor, k: Tensor, index: Tensor, scale: float, *, dense: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """dq (B,H,N,D) and dk (B,H,M,D) for logits = scale q.k[index] (+ bias). Row-chunked."""
+    b, h, n, d = q.shape
+    step = row_chunk(b, h, k.shape[2], index.shape[-1], d, dense)
+    if step >= n:
+        return _scores_backward_rows(grad, q, k, index, scale, dense=dense)
+    dqs, dk = [], None
+    for r in _spans(n, step):
+        dq_r, dk_r = _scores_backward_rows(grad[:, :, r], q[:, :, r], k, index[:, :, r], scale, dense=dense)
+        dqs.append(dq_r)
+        dk = dk_r if dk is None else dk.add_(dk_r)
+    return torch.cat(dqs, dim=2), dk
+
+
+def values_forward(p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = None) -> Tensor:
+    """out_i = sum_c p_ic v[index_ic] -> (B,H,N,D) in v's dtype; empty slots contribute nothing.
+    Row-chunked."""
+    b, h, n, kk = p.shape
+    step = row_chunk(b, h, v.shape[2], kk, v.shape[3], dense)
+    if step >= n:
+        return _values_forward_rows(p, v, index, dense=dense)
+    return torch.cat([_values_forward_rows(p[:, :, r], v, index[:, :, r], dense=dense) for r in _spans(n, step)], dim=2)
+
+
+def values_backward(
+    grad: Tensor, p: Tensor, v: Tensor, index: Tensor, *, dense: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """dp (B,H,N,K) and dv (B,H,M,D) for out = sum_c p_c v[index_c]. Row-chunked."""
+    b, h, n, kk = p.shape
+    step = row_chunk(b, h, v.shape[2], kk, v.shape[3], dense)
+    if step >= n:
+        return _values_backward_rows(grad, p, v, index, dense=dense)
+    dps, dv = [], None
+    for r in _spans(n, step):
+        dp_r, dv_r = _values_backward_rows(grad[:, :, r], p[:, :, r], v, index[:, :, r], dense=dense)
+        dps.append(dp_r)
+        dv = dv_r if dv is None else dv.add_(dv_r)
+    return torch.cat(dps, dim=2), dv
+
+
+def attention_forward(
+    q: Tensor, k: Tensor, v: Tensor, index: Tensor, scale: float, bias: Tensor | None = None,
+    *, dense: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(out (B,H,N,D) in q's dtype, lse (B,H,N), -inf for rows without a valid slot). Row-chunked."""
+    b, h, n, d = q.shape
+    step = row_chunk(b, h, k.shape[2], index.shape[-1], d, dense)
+    if step >= n:
+        return _attention_forward_rows(q, k, v, index, scale, bias, dense=dense)
+    parts = [_attention_forward_rows(q[:, :, r], k, v, index[:, :, r], scale, _rows(bias, r), dense=dense)
+             for r in _spans(n, step)]
+    return torch.cat([o for o, _ in parts], dim=2), torch.cat([lse for _, lse in parts], dim=2)
+
+
+def attention_backward(
+    grad_out: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, index: Tensor,
+    bias: Tensor | None, out: Tensor, lse: Tensor, scale: float, *, dense: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dq, dk, dv and ds = dL/d(logits) (B,H,N,K); see :func:`_attention_backward_rows`. Row-chunked."""
+    b, h, n, d = q.shape
+    step = row_chunk(b, h, k.shape[2], index.shape[-1], d, dense)
+    if step >= n:
+        return _attention_backward_rows(grad_out, grad_lse, q, k, v, index, bias, out, lse, scale, dense=dense)
+    dqs, dss, dk, dv = [], [], None, None
+    for r in _spans(n, step):
+        dq_r, dk_r, dv_r, ds_r = _attention_backward_rows(
+            grad_out[:, :, r], _rows(grad_lse, r), q[:, :, r], k, v, index[:, :, r], _rows(bias, r),
+            out[:, :, r], lse[:, :, r], scale, dense=dense,
+        )
+        dqs.append(dq_r)
+        dss.append(ds_r)
+        dk = dk_r if dk is None else dk.add_(dk_r)
+        dv = dv_r if dv is None else dv.add_(dv_r)
+    return torch.cat(dqs, dim=2), dk, dv, torch.cat(dss, dim=2)

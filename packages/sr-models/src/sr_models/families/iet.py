@@ -21,20 +21,23 @@ forward time with ``model(x, dilation=d)`` or for every later call with ``model.
 the parameter counts land on the paper's (Tables 4-6: IET 19.7M/19.9M/19.8M, IET-light
 783K/790K/801K at x2/x3/x4): 336 (1.4 C) for IET and 42 (0.78 C) for IET-light.
 
-**FLOPs.** ``iet_macs(config, scale, h, w)`` gives the multiply-accumulates of one forward pass on
-an ``h x w`` LR input analytically; torch's FlopCounterMode (2 FLOPs per MAC, sparse ops counted by
-sr_kernels' formulas over all K slots) equals exactly twice it (see the tests; it also runs on meta
-tensors, so paper-size counts take seconds). The paper's figures are MACs (PFT's ``flops()``
-convention) and, like the other models in its tables (PFT, SwinIR), they correspond to a 1280 x 720
-output: with the default schedules this model gives IET 4.84T / 2.17T / 1.25T and IET-light
-260G / 116G / 66G at x2 / x3 / x4 (paper 5.02T / 2.25T / 1.26T and 277.9G / 123.3G / 69.5G, so -4%
-to -6%). At the 1280 x 640 output the paper's text names, every figure is 11% lower (IET -12% to
--14%, IET-light -15% to -17%), as PFT's own numbers would be.
+**MACs.** ``iet_macs(config, scale, h, w, convention)`` (and ``model.macs(h, w, convention)``)
+gives the multiply-accumulates of one forward pass on an ``h x w`` LR input analytically, under
+two conventions: "full", what runs (torch's FlopCounterMode, 2 FLOPs per MAC, sparse ops counted by
+sr_kernels' formulas, equals exactly twice it; see the tests, which count on meta tensors), and
+"pft", PFT's ``flops()``, the convention of the paper's tables (conv_after_body as 3 C^2, only the
+pixel-shuffle convs of the upsampler, everything at the LR size). The paper's tables are at a
+1280 x 720 output (their PFT rows are what PFT's ``flops()`` gives at 640x360 / 426x240 / 320x180
+LR), although the text says 1280 x 640. With the default schedules, under PFT's convention at
+1280 x 720: IET 4.997T / 2.236T / 1.258T and IET-light 278.9G / 123.7G / 69.7G at x2 / x3 / x4
+(paper 5.02T / 2.25T / 1.26T and 277.9G / 123.3G / 69.5G). Every figure, both conventions and both
+output sizes, is in the model card, ``packages/sr-models/docs/iet-model-card.md``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,13 +47,14 @@ from torch import nn
 
 from sr_layers.iea import IEAState, IEAttention
 from sr_layers.iet_dlsg import DLSGCandidates, rpb_table_size
-from sr_layers.iet_schedule import IET_LIGHT_K_SCHEDULE, IEAScheduleConfig
+from sr_layers.iet_schedule import IET_LIGHT_EXPAND_KS, IET_LIGHT_K_SCHEDULE, IEAScheduleConfig
 from sr_layers.sf_ffn import SFFFN
 from sr_models.families._config import config_dict, resolve_config
 from sr_models.registry import register_model
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect")
+MAC_CONVENTIONS = ("full", "pft")  # see iet_macs
 _IEA_DEFAULTS = IEAScheduleConfig()
 
 
@@ -71,6 +75,7 @@ class IETConfig:
     # The IEA fields: defaults (and their documentation) live in IEAScheduleConfig.
     depths: tuple[int, ...] = _IEA_DEFAULTS.depths
     k_schedule: tuple[int, ...] = _IEA_DEFAULTS.k_schedule
+    expand_ks: tuple[int, ...] = _IEA_DEFAULTS.expand_ks
     expand_k1: tuple[int, ...] = _IEA_DEFAULTS.expand_k1
     expand_k2: tuple[int, ...] = _IEA_DEFAULTS.expand_k2
     dlsg_local: int = _IEA_DEFAULTS.dlsg_local
@@ -116,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "upsampler": "pixelshuffledirect",
         "depths": (3,) * 8,
         "k_schedule": IET_LIGHT_K_SCHEDULE,
+        "expand_ks": IET_LIGHT_EXPAND_KS,
         "rpb_shared_heads": True,
     },
 }
@@ -245,6 +251,15 @@ class IET(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    #: MAC conventions :meth:`macs` knows (``sr-eval profile`` reports them): "full" (what runs) and
+    #: "pft" (PFT's ``flops()``, the convention of the IET paper's tables); see :func:`iet_macs`.
+    mac_conventions = MAC_CONVENTIONS
+
+    def macs(self, height: int, width: int, convention: str = "full") -> int:
+        """Multiply-accumulates of one forward on an LR ``height x width`` input under ``convention``
+        (:func:`iet_macs`; IET needs no padding, so this is the size the network runs at)."""
+        return iet_macs(self.cfg, self.upscale, height, width, convention)["total"]
+
     def set_dilation(self, dilation: int | None) -> None:
         """Use ``dilation`` for every later forward (None: train_dilation / eval_dilation by mode)."""
         if dilation is not None and (not isinstance(dilation, int) or dilation < 1):
@@ -291,6 +306,53 @@ class IET(nn.Module):
         return out / self.cfg.img_range + mean
 
 
+# The defaults before issue 16 (commit da6d399 and earlier), for the error message on an old plain
+# state_dict: the first-block bias table then had rpb_table_size(8, 12) = 850 rows.
+_LEGACY_DLSG_SAMPLES = 12
+
+
+def upgrade_checkpoint(
+    config: dict[str, Any], state_dict: Mapping[str, Any], from_metadata: bool
+) -> tuple[dict[str, Any], str | None]:
+    """Rebuild the network an IET checkpoint was trained as (registered with the registry).
+
+    A safetensors file saved before ``expand_ks`` existed (issue 16) stores every other field of
+    its resolved config: its ``av_on_selected`` (then False), ``dlsg_samples`` (then 12) and
+    ``k_schedule``. Its expansion layers kept their whole list, which is ``expand_ks`` = the K of
+    those layers; with that the saved config rebuilds exactly the trained network, and a warning
+    says that the defaults have changed since. A plain state_dict (no saved config) whose bias
+    table has the old default's 850 rows cannot be rebuilt from today's defaults: a ValueError
+    says so in one line.
+    """
+    if from_metadata and "expand_ks" not in config:
+        cfg = dict(config)
+        depths = tuple(cfg.get("depths", _IEA_DEFAULTS.depths))
+        k_schedule = tuple(cfg.get("k_schedule", _IEA_DEFAULTS.k_schedule))
+        n_expand = len(cfg.get("expand_k1", _IEA_DEFAULTS.expand_k1))
+        ends = [sum(depths[: b + 1]) - 1 for b in range(n_expand)]
+        cfg["expand_ks"] = [k_schedule[e] for e in ends] if len(k_schedule) == sum(depths) else []
+        note = (
+            "saved before the IET defaults changed (now: output over the kept top-k_s, expansion from a "
+            "sparsified set, DLSG 25x25 samples, a wider schedule); it is rebuilt as it was trained "
+            f"(av_on_selected={cfg.get('av_on_selected')}, dlsg_samples={cfg.get('dlsg_samples')}, expansion "
+            "layers keep their whole list), which differs from a model built with today's defaults"
+        )
+        return cfg, note
+    if not from_metadata:
+        local = int(config.get("dlsg_local", _IEA_DEFAULTS.dlsg_local))
+        samples = int(config.get("dlsg_samples", _IEA_DEFAULTS.dlsg_samples))
+        rpb = state_dict.get("blocks.0.layers.0.attn.rpb")
+        old_rows = rpb_table_size(local, _LEGACY_DLSG_SAMPLES)
+        if rpb is not None and rpb.shape[0] == old_rows and rpb.shape[0] != rpb_table_size(local, samples):
+            raise ValueError(
+                f"its first-block bias table has {old_rows} rows, i.e. it was trained with dlsg_samples="
+                f"{_LEGACY_DLSG_SAMPLES}, the IET default before issue 16 (now {samples}), and a plain "
+                "state_dict does not record the rest of its config (schedule, av_on_selected); load the "
+                ".safetensors export of that run instead, which does"
+            )
+    return config, None
+
+
 def build_iet(name: str, scale: int, **overrides: Any) -> IET:
     """Resolve the ``name`` preset with ``overrides`` and build the network for ``scale``."""
     cfg = resolve_config(IETConfig, PRESETS[name], overrides, model=name)
@@ -299,13 +361,21 @@ def build_iet(name: str, scale: int, **overrides: Any) -> IET:
     return model
 
 
-@register_model("iet", scales=(2, 3, 4), description="IET: 8 blocks x 4 IEA layers, 240 channels, 6 heads")
+@register_model(
+    "iet",
+    scales=(2, 3, 4),
+    description="IET: 8 blocks x 4 IEA layers, 240 channels, 6 heads",
+    upgrade_checkpoint=upgrade_checkpoint,
+)
 def _iet(scale: int, **overrides: Any) -> IET:
     return build_iet("iet", scale, **overrides)
 
 
 @register_model(
-    "iet-light", scales=(2, 3, 4), description="IET-light: 8 blocks x 3 IEA layers, 54 channels, 3 heads"
+    "iet-light",
+    scales=(2, 3, 4),
+    description="IET-light: 8 blocks x 3 IEA layers, 54 channels, 3 heads",
+    upgrade_checkpoint=upgrade_checkpoint,
 )
 def _iet_light(scale: int, **overrides: Any) -> IET:
     return build_iet("iet-light", scale, **overrides)
@@ -315,40 +385,61 @@ def _conv_macs(cin: int, cout: int, k: int, pixels: int, groups: int = 1) -> int
     return pixels * cout * (cin // groups) * k * k
 
 
-def iet_macs(cfg: IETConfig, scale: int, height: int, width: int) -> dict[str, int]:
+def iet_macs(cfg: IETConfig, scale: int, height: int, width: int, convention: str = "full") -> dict[str, int]:
     """Multiply-accumulates of one forward pass on an ``height x width`` LR input, by part.
 
-    Counts what the convolutions, Linears and the sparse attention really do (every candidate slot,
-    padded or not, as the kernels do): QK and PV are ``K * D`` MACs per query and head each, where K
-    is the layer's list width. Norms, activations, softmax, selection and expansion (no MACs) are
-    not counted, as in PFT's ``flops()``. Returns a dict with "total" and the parts.
+    ``convention="full"`` counts what the network really does, as torch's FlopCounterMode sees it
+    (the tests pin it to the counter on meta tensors): every conv at its real size, every Linear,
+    and the sparse attention over every candidate slot (padded or not, as the kernels do): QK is
+    ``K * D`` MACs per query and head, AV ``k_s * D`` under the paper's rule (``av_on_selected``;
+    ``K * D`` at the last layer or with the all-K rule). Norms, activations, softmax, selection and
+    expansion are not counted.
+
+    ``convention="pft"`` is PFT's ``flops()`` (the official PFT-SR code, ``basicsr/archs/pft_arch.py``;
+    it counts MACs), the convention of the IET paper's tables, carried over term by term:
+    everything at the LR size; ``conv_first`` 27 C per pixel; the patch-embedding LayerNorm C per
+    pixel (the other norms are not counted); per layer qkv 3 C^2, attention ``C (K + AV width)``
+    (PFT counts QK over its incoming top-k and AV over the kept top-k, exactly our kernels' work),
+    proj C^2, the FFN's two Linears ``2 C F``, its depthwise conv ``F k^2`` and LePE ``C k^2`` where
+    a layer has it; SF-FFN's head-wise Linear ``2 F^2 / H`` is counted as the Linear it is (PFT has
+    no such layer); the block convs 9 C^2; but ``conv_after_body`` as **3 C^2** (PFT writes
+    ``3 * embed_dim * embed_dim`` for a 3x3 conv), and of the upsampler only the convs feeding a
+    PixelShuffle, all at the LR size (pixelshuffle: ``4 f^2 * 9`` per stage, ``9 f^2 * 9`` at x3;
+    ``conv_before_upsample`` and ``conv_last`` are left out), and for "pixelshuffledirect" ``C * 3 * 9``
+    (PFT's ``UpsampleOneStep.flops`` omits the s^2 output channels). Returns "total" and the parts.
     """
+    if convention not in MAC_CONVENTIONS:
+        raise ValueError(f"convention must be one of {MAC_CONVENTIONS}, got {convention!r}")
+    pft = convention == "pft"
     n = height * width
     c, heads, hid = cfg.embed_dim, cfg.num_heads, cfg.ffn_hidden
     sched = cfg.schedule()
     parts: dict[str, int] = {}
     parts["conv_first"] = _conv_macs(3, c, 3, n)
+    if pft:
+        parts["patch_norm"] = n * c
     per_layer_linear = n * (3 * c * c + c * c + c * hid + hid * c + 2 * hid * (hid // heads))
     lepe = sum(0 if p.use_rpb else _conv_macs(c, c, cfg.lepe_kernel, n, groups=c) for p in sched.plans())
     parts["linear"] = per_layer_linear * sched.num_layers
     parts["dwconv"] = lepe + sched.num_layers * _conv_macs(hid, hid, cfg.ffn_kernel, n, groups=hid)
-    parts["attention"] = sum(2 * n * c * p.k_in for p in sched.plans())
-    parts["block_convs"] = len(cfg.depths) * _conv_macs(c, c, 3, n) + _conv_macs(c, c, 3, n)
+    parts["attention"] = n * c * (sum(sched.k_schedule) + sum(sched.av_widths()))
+    parts["block_convs"] = len(cfg.depths) * _conv_macs(c, c, 3, n)
+    parts["conv_after_body"] = n * 3 * c * c if pft else _conv_macs(c, c, 3, n)
     if cfg.upsampler == "pixelshuffledirect":
-        parts["upsampler"] = _conv_macs(c, 3 * scale * scale, 3, n)
+        parts["upsampler"] = n * c * 3 * 9 if pft else _conv_macs(c, 3 * scale * scale, 3, n)
     else:
         f = cfg.num_feat
-        up = _conv_macs(c, f, 3, n) + _conv_macs(f, 3, 3, n * scale * scale)
-        if scale == 3:
-            up += _conv_macs(f, 9 * f, 3, n)
+        stages = [9] if scale == 3 else [4] * int(math.log2(scale))
+        if pft:
+            parts["upsampler"] = sum(_conv_macs(f, r * f, 3, n) for r in stages)
         else:
-            px = n
-            for _ in range(int(math.log2(scale))):
-                up += _conv_macs(f, 4 * f, 3, px)
-                px *= 4
-        parts["upsampler"] = up
+            up, px = _conv_macs(c, f, 3, n), n
+            for r in stages:
+                up += _conv_macs(f, r * f, 3, px)
+                px *= r
+            parts["upsampler"] = up + _conv_macs(f, 3, 3, px)
     parts["total"] = sum(parts.values())
     return parts
 
 
-__all__ = ["IET", "PRESETS", "IETConfig", "build_iet", "iet_macs"]
+__all__ = ["IET", "MAC_CONVENTIONS", "PRESETS", "IETConfig", "build_iet", "iet_macs"]
