@@ -35,8 +35,11 @@ def _windows(seed: int, b: int, h: int, nw: int, t: int, d: int, dtype=torch.flo
        t=st.integers(1, 5), d=st.integers(1, 4), shared=st.booleans(), ties=st.booleans(),
        frac=st.floats(0, 1), seed=st.integers(0, 2**31 - 1))
 def test_selection_is_the_brute_force_top_k(b, h, nq, nk, t, d, shared, ties, frac, seed):
-    q = _windows(seed, b, h, nq, t, d, ties=ties)
-    k = _windows(seed + 1, b, h, nk, t + 1, d, ties=ties)  # key windows may have another token count
+    # key windows may have another token count; with ties, power-of-two counts keep the window means
+    # (and so the pooled scores) exact, so equal scores are equal on every path and the tie rule decides
+    tq, tk = (2 ** (t % 3), 2 ** ((t + 1) % 3)) if ties else (t, t + 1)
+    q = _windows(seed, b, h, nq, tq, d, ties=ties)
+    k = _windows(seed + 1, b, h, nk, tk, d, ties=ties)
     topk = 1 + int(frac * (nk - 1))
     ids = sr_kernels.window_topk_select(q, k, topk, shared_heads=shared)
     assert ids.shape == (b, 1 if shared else h, nq, topk) and ids.dtype == torch.int64
