@@ -95,6 +95,19 @@ def _recipe_note(cfg: dict[str, Any]) -> str:
     return "the full recipe:\n" + "\n".join(parts)
 
 
+def _interrupted_message(cfg: dict[str, Any] | None) -> str:
+    """What an interrupt that saved nothing new leaves: the newest checkpoint, or none at all."""
+    if cfg is None:
+        return "interrupted before training started; nothing was written"
+    from sr_train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(cfg["out"])
+    if not found:
+        return "interrupted; no checkpoint was written, so a rerun starts from iteration 0"
+    it, path = found[-1]
+    return f"interrupted; nothing saved since {path} (iteration {it}); continue from it with --resume auto"
+
+
 def _data_errors() -> tuple[type[BaseException], ...]:
     from sr_data import DataError, ImageReadError
 
@@ -112,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sr_train.config import list_presets, resolve_config
     from sr_train.errors import CheckpointWriteError, TrainError
+    from sr_train.interrupt import TrainingInterrupted
+
+    cfg: dict[str, Any] | None = None
 
     try:
         if args.list_presets:
@@ -142,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         result = train(cfg, resume=args.resume)
+    except TrainingInterrupted as exc:  # a signal: the checkpoint of the current iteration was written
+        print(f"sr-train: {exc}", file=sys.stderr)
+        return 130
     except CheckpointWriteError as exc:
         return _fail(str(exc), 1)
     except TrainError as exc:
@@ -151,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _oom_error() as exc:
         return _fail(f"out of memory ({str(exc).splitlines()[0][:120]}); lower data.batch_size or data.patch_size, "
                      "or use --precision bf16", 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted; continue with --resume auto", 130)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
+        return _fail(_interrupted_message(cfg), 130)
     if int(os.environ.get("RANK", "0")) == 0:
         minutes = (time.perf_counter() - t0) / 60
         print(f"done: {result.iteration} iterations in {minutes:.1f} min; run directory {result.run_dir}")

@@ -10,6 +10,7 @@ directory is created or any file is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -40,6 +41,7 @@ from sr_train.config import dump_config
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
 from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
+from sr_train.interrupt import StopRequest, TrainingInterrupted, ignore_stop_signals_in_worker
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
 from sr_train.schedule import WarmupMultiStepLR
@@ -191,6 +193,23 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
     return out
 
 
+def _interrupted(signame: str, done: int, iters: int, start: int, ckpt: Path | None,
+                 weights: Path | None) -> TrainingInterrupted:
+    """The exception (and one-line message) of a run stopped by ``signame`` after iteration ``done``."""
+    if done == start and start == 0:
+        msg = f"stopped by {signame} before iteration 1 finished; nothing was saved (a rerun starts from iteration 0)"
+        return TrainingInterrupted(msg, iteration=0, checkpoint=None, weights=None)
+    if done == start:
+        msg = (f"stopped by {signame} before iteration {start + 1} finished; nothing new to save: "
+               f"{ckpt or 'the checkpoint resumed from'} holds iteration {start}; continue with --resume auto")
+        return TrainingInterrupted(msg, iteration=start, checkpoint=ckpt, weights=None)
+    saved = f"saved {ckpt} (model, EMA, optimizer, schedule, RNG states and data position at iteration {done})"
+    if weights is not None:
+        saved += f" and {weights}"
+    msg = f"stopped by {signame} after iteration {done} of {iters}: {saved}; continue with --resume auto"
+    return TrainingInterrupted(msg, iteration=done, checkpoint=ckpt, weights=weights)
+
+
 def train(cfg: dict[str, Any], *, resume: str | None = None, log: Log = print) -> RunResult:
     """Run the training described by the resolved config ``cfg`` (see :func:`sr_train.config.resolve_config`).
 
@@ -291,7 +310,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     # every item by (seed, epoch, index)).
     loader = DataLoader(EpochIndexedDataset(train_ds), batch_sampler=sampler, num_workers=d_cfg["num_workers"],
                         pin_memory=env.device.type == "cuda", persistent_workers=False,
-                        generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank))
+                        generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank),
+                        worker_init_fn=ignore_stop_signals_in_worker)
     batches = iter(loader)
     criterion = loss_function(t_cfg["loss"])
     autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
@@ -343,6 +363,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     loss_sum, loss_n, loss_val = 0.0, 0, float("nan")
     t_last, it_last = time.perf_counter(), start
     train_model.train()
+    stop = StopRequest()
+    done_it, saved_it = start, start  # last finished iteration; iteration of the newest checkpoint
+
+    def stopping() -> bool:  # every rank stops at the same iteration
+        return any_rank(stop.requested, env) if env.distributed else stop.requested
+
+    def validating() -> Any:  # a signal while validating stops at once (single process only)
+        return contextlib.nullcontext() if env.distributed else stop.at_once()
+
+    stop.install()
     try:
         for it in range(start + 1, iters + 1):
             scheduler.set_iteration(it)
@@ -377,14 +407,28 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 rec.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
                 metrics.write(it, rec, "train")
                 loss_sum, loss_n, t_last, it_last = 0.0, 0, now, it
+            done_it = it
             if v_cfg["every"] and it % v_cfg["every"] == 0 and it != iters:
-                val_res = run_validation(it)
+                with validating():
+                    val_res = run_validation(it)
             if c_cfg["every"] and it % c_cfg["every"] == 0 and it != iters:
-                last_ckpt = write_checkpoint(it)
+                last_ckpt, saved_it = write_checkpoint(it), it
+            if stopping():
+                raise KeyboardInterrupt
         bar.close()
-        val_res = run_validation(iters) or val_res
+        with validating():
+            val_res = run_validation(iters) or val_res
         last_ckpt = write_checkpoint(iters)
+    except KeyboardInterrupt:
+        if not stop.requested or stop.count > 1:
+            raise  # not our signal, or a second one: stop now, without saving
+        bar.close()
+        if done_it > saved_it:
+            last_ckpt, saved_it = write_checkpoint(done_it), done_it
+        raise _interrupted(stop.name, done_it, iters, start, last_ckpt or ckpt_path,
+                           weights_path if c_cfg["export_safetensors"] and saved_it == done_it > start else None) from None
     finally:
+        stop.restore()
         bar.close()
         metrics.close()
     return RunResult(run_dir=run_dir, iteration=iters, last_checkpoint=last_ckpt,
