@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sr_train.checkpoint import (
+    CKPT_DIR,
     FORMAT_VERSION,
     capture_rng_state,
     check_compatible,
@@ -134,16 +135,45 @@ def seed_everything(seed: int) -> None:
 
 
 class MetricsLog:
-    """JSONL metrics file plus TensorBoard events, written by rank 0 only."""
+    """JSONL metrics file plus TensorBoard events, written by rank 0 only.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
+    A run that starts at iteration ``start`` (a resume, or 0 for a fresh run in a directory left
+    without checkpoints) first truncates ``metrics.jsonl`` to the records of iterations up to
+    ``start`` (dropping a half-written last line too; rewritten atomically), and opens TensorBoard
+    with ``purge_step=start + 1``, which makes TensorBoard discard the earlier events after
+    ``start``: no iteration appears twice. ``dropped`` counts the JSONL records removed.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, start: int = 0) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        self.dropped = self._truncate(start) if enabled else 0
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            old_events = any((run_dir / "tb").glob("events.out.tfevents.*"))
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start + 1 if old_events else None)
+
+    def _truncate(self, start: int) -> int:
+        if not self.path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                ok = int(rec["iter"]) <= start
+            except (ValueError, KeyError, TypeError):
+                ok = False  # a half-written line of a crashed run
+            if ok:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            from sr_train.checkpoint import atomic_write
+
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(keep), encoding="utf-8"))
+        return dropped
 
     def write(self, iteration: int, values: dict[str, float], kind: str) -> None:
         if not self.enabled:
@@ -228,6 +258,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     t_cfg, d_cfg, o_cfg, s_cfg, c_cfg, v_cfg = (cfg[k] for k in ("train", "data", "optim", "schedule", "checkpoint", "val"))
     name, scale = cfg["model"]["name"], cfg["model"]["scale"]
     run_dir = Path(cfg["out"])
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is an existing file, not a directory; choose another --out")
     if d_cfg["batch_size"] % env.world_size:
         raise ConfigError(f"config key 'data.batch_size' ({d_cfg['batch_size']}) is the global batch and must "
                           f"divide by the number of processes ({env.world_size})")
@@ -246,6 +278,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                               f"{existing[-1][0]}); pass --resume auto to continue it or choose another --out")
     else:
         ckpt_path = find_resume_checkpoint(resume, run_dir)
+        if ckpt_path is None:
+            log(f"--resume auto: no checkpoint in {run_dir / CKPT_DIR}; starting from iteration 0")
         if ckpt_path is not None:
             ckpt_state = load_checkpoint_file(ckpt_path)
             check_compatible(ckpt_state, model=name, scale=scale, path=ckpt_path)
@@ -292,7 +326,10 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         cfg_text = dump_config(cfg)
         cfg_file = run_dir / "config.yaml" if start == 0 else run_dir / f"config_resume_{start:08d}.yaml"
         cfg_file.write_text(cfg_text, encoding="utf-8")
-    metrics = MetricsLog(run_dir, enabled=env.is_main, tensorboard=cfg["log"]["tensorboard"])
+    metrics = MetricsLog(run_dir, enabled=env.is_main, tensorboard=cfg["log"]["tensorboard"], start=start)
+    if metrics.dropped:
+        log(f"dropped {metrics.dropped} record(s) after iteration {start} from {metrics.path} "
+            "(they were logged after the checkpoint); TensorBoard hides the events after it too")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {name} x{scale}: {n_params:,} parameters; preset {cfg['preset']}; device {env.device}; "
         f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches")
