@@ -11,6 +11,8 @@ is tiled when the estimate does not fit the free memory.
    ``torch.cuda.max_memory_allocated``; on the CPU the process's peak resident set (``VmHWM``,
    reset through ``/proc/self/clear_refs`` and measured from the resident size after
    ``malloc_trim``), or, where that reset is not allowed, a 1 ms sampler of ``/proc/self/statm``.
+   (The reset also restarts the peak that ``/usr/bin/time -v`` reports; it happens only at the
+   probe, before the first image, so that report still covers every image.)
    The two peaks give a line ``fixed + per_pixel * padded_pixels`` (every family here scales
    linearly in pixels: window attention, convolutions, fixed top-k gather attention).
 2. :func:`available_memory`: CPU: ``MemAvailable`` of ``/proc/meminfo``, lowered by a cgroup
@@ -37,7 +39,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -173,10 +175,17 @@ def _rss() -> int | None:
 
 
 class PeakMeter:
-    """Context manager measuring the memory a block adds at its peak on ``device`` (``.peak`` bytes)."""
+    """Context manager measuring the memory a block adds at its peak on ``device`` (``.peak`` bytes).
 
-    def __init__(self, device: torch.device | str) -> None:
+    CPU: with ``reset_hwm`` the kernel's peak resident set (VmHWM) is reset and read back (exact,
+    but it also resets the peak that ``getrusage``/``/usr/bin/time -v`` report for the process, so
+    only the once-per-model probe uses it); otherwise a thread samples ``/proc/self/statm`` every
+    millisecond (a peak shorter than that can be missed).
+    """
+
+    def __init__(self, device: torch.device | str, *, reset_hwm: bool = False) -> None:
         self.device = torch.device(device)
+        self.reset_hwm = reset_hwm
         self.peak = 0
         self._base = 0
         self._hwm = False
@@ -192,7 +201,7 @@ class PeakMeter:
             return self
         _malloc_trim()
         self._base = _rss() or 0
-        self._hwm = _reset_hwm()
+        self._hwm = self.reset_hwm and _reset_hwm()
         if not self._hwm:
             self._sampled = self._base
             self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -281,7 +290,7 @@ def measure_cost(
 
     def probe(h: int, w: int) -> int:
         x = torch.rand(1, 3, h, w, generator=gen).to(dev)
-        with PeakMeter(dev) as meter, torch.no_grad():
+        with PeakMeter(dev, reset_hwm=True) as meter, torch.no_grad():
             y = run(x)
             del y
         del x
@@ -419,9 +428,3 @@ def budget_for(device: torch.device | str, max_memory: int | None) -> int | None
     return None if free is None else int(free * BUDGET_FRACTION)
 
 
-@contextlib.contextmanager
-def measuring(device: torch.device | str) -> Iterator[PeakMeter]:
-    """``with measuring(dev) as m: ...``; ``m.peak`` afterwards (bytes added at the peak)."""
-    meter = PeakMeter(device)
-    with meter:
-        yield meter
