@@ -238,3 +238,22 @@ def test_recipe_note_fills_the_placeholders(tmp_path):
     assert f"{tmp_path / 'runs' / 'e'}/weights/esc-light_x2.safetensors" in note
     quick = _recipe_note(resolve_config("esc-light", preset="quick"))  # the hint is about the full recipe's run
     assert "init_from=runs/esc-light_x2_esc/weights/esc-light_x2.safetensors" in quick
+
+
+def test_bf16_on_cpu_warns(tmp_path, capsys, tiny):
+    """Case 7: `--precision bf16` on the CPU (about 18x slower there) ran without a word."""
+    rc, _, err = _run(["--model", tiny, "--iters", "1", *COMMON, "--set", "log.tensorboard=false",
+                       "--set", "train.device=cpu", "--precision", "bf16", "--out", str(tmp_path / "r")], capsys)
+    assert rc == 0 and "--precision bf16 on the CPU is usually much slower than fp32" in err
+
+
+def test_list_models_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "sr_train", "--list-models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line, like `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "BrokenPipe" not in err and "Exception ignored" not in err

@@ -87,6 +87,18 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return cli
 
 
+def _warn_cpu_bf16(cfg: dict[str, Any]) -> None:
+    """bf16 autocast on a CPU without fast bf16 units is many times slower than fp32: say so."""
+    if cfg["train"]["precision"] != "bf16":
+        return
+    import torch
+
+    device = str(cfg["train"]["device"])
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        print("sr-train: warning: --precision bf16 on the CPU is usually much slower than fp32 (most CPUs have "
+              "no fast bf16 matrix units); it saves memory, not time", file=sys.stderr)
+
+
 def _is_allocator_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
@@ -184,8 +196,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from sr_train.trainer import train
 
+        _warn_cpu_bf16(cfg)
         t0 = time.perf_counter()
         result = train(cfg, resume=args.resume)
+    except BrokenPipeError:  # `sr-train --list-models | head`
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except TrainingInterrupted as exc:  # a signal: the checkpoint of the current iteration was written
         print(f"sr-train: {exc}", file=sys.stderr)
         return 130
