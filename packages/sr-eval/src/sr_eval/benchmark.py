@@ -94,7 +94,11 @@ def evaluate_dataset(
                 run([b])
             return
         else:
-            sr, info = upscaler(lr, name=str(batch[0].get("name", "image")))
+            names = ", ".join(str(b.get("name", "?")) for b in batch)
+            try:
+                sr, info = upscaler(lr, name=names)
+            except ValueError as err:  # e.g. does not fit even in tiles: name the image and the dataset
+                raise ValueError(f"{name}/{names}: {err}") from err
             tiles = [info.plan.tile] * len(batch)
         hr = torch.stack([align_hr(b["hr"], sr.shape, str(b.get("name", "?"))) for b in batch]).to(device)
         p = psnr_torch(sr, hr, crop_border=crop_border, y_channel=y_channel)
