@@ -118,21 +118,6 @@ def _describe(im: Image.Image, head: bytes) -> ImageInfo:
     return ImageInfo(width=w, height=h, mode=mode, has_alpha=has_alpha, gray=gray, bits=bits)
 
 
-def probe(path: str | Path) -> ImageInfo:
-    """Header of an image file (size, alpha, grayscale, bit depth); ImageFileError naming it otherwise."""
-    path = Path(path)
-    im, head = _open(path)
-    with im:
-        try:
-            info = _describe(im, head)
-        except ImageFileError as exc:
-            raise ImageFileError(f"{path}: {exc}") from None
-    orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: the upright image is transposed
-        info = ImageInfo(info.height, info.width, info.mode, info.has_alpha, info.gray, info.bits)
-    return info
-
-
 def _split(arr: np.ndarray, maxval: float, info: ImageInfo) -> tuple[np.ndarray, np.ndarray | None]:
     """(H, W[, C]) integer array -> float rgb (H, W, 3) and alpha (H, W) or None."""
     a = arr.astype(np.float32) / maxval
