@@ -113,5 +113,5 @@ def test_missing_lr_partner(tmp_path: Path) -> None:
     lr = _folder(tmp_path / "lr", n=1, size=(8, 8))
     with pytest.raises(DataError, match=r"hr/0001\.png: no LR image '0001'"):
         build_train_dataset("folder", root=hr, lr_root=lr, lr_source="folder", scale=2, patch_size=4)
-    with pytest.raises(DataError, match="lr_root"):
+    with pytest.raises(DataError, match="--lr-root"):
         build_train_dataset("folder", root=hr, lr_source="folder", scale=2, patch_size=4)

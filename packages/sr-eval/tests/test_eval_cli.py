@@ -50,6 +50,14 @@ def _tiny_model_registered():
     _REGISTRY.pop(TINY, None)
 
 
+def _main_rc(main, argv):
+    """Exit status of a command, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
 def _write_images(folder, sizes):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -74,11 +82,11 @@ def test_upscale_folder_with_a_corrupt_file(tmp_path, capsys):
                            "--allow-random-weights", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "3 failed" in err and "broken.png" in err and "tiny.png" in err and "small.png" in err
+    assert "3 not written" in err and "broken.png" in err and "tiny.png" in err and "small.png" in err
     assert "minimum side of 6" in err
     assert "Traceback" not in err
     for stem, arr in imgs.items():
-        got = np.asarray(Image.open(out / f"{stem}.png"))
+        got = np.asarray(Image.open(out / f"{stem}_x2.png"))  # default suffix _x<scale>
         np.testing.assert_array_equal(got, arr.repeat(2, 0).repeat(2, 1))  # the model is nearest x2
 
 
@@ -95,23 +103,25 @@ def test_upscale_refuses_random_weights(tmp_path, capsys):
     _write_images(tmp_path, [(8, 8)])
     rc = upscale_cli.main([str(tmp_path), "-o", str(tmp_path / "o"), "--model", TINY, "--scale", "2"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1 and "--weights is required" in err
+    assert rc == 2 and err.count("\n") == 1 and "--weights is required" in err
 
 
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--model", "no-such-model", "--allow-random-weights"], "unknown model 'no-such-model'"),
-        (["--model", TINY, "--scale", "2", "--weights", "missing.pth"], "weights file not found: missing.pth"),
-        (["--model", TINY, "--scale", "2", "--allow-random-weights", "--tile", "8", "--tile-overlap", "8"],
-         "--tile-overlap"),
+        (["--model", "no-such-model", "--allow-random-weights"], "--model 'no-such-model': unknown model"),
+        (["--model", TINY, "--scale", "2", "--weights", "missing.pth"], "--weights missing.pth: file not found"),
+        (["--model", TINY, "--scale", "2", "--allow-random-weights", "--tile-overlap", "-1"], "--tile-overlap"),
+        (["--model", TINY, "--scale", "2", "--allow-random-weights", "--tile", "0"], "argument --tile"),
+        (["--model", TINY, "--scale", "2", "--allow-random-weights", "--max-memory", "lots"], "--max-memory"),
     ],
 )
 def test_upscale_bad_arguments_one_line(tmp_path, capsys, args, match):
     _write_images(tmp_path / "in", [(8, 8)])
-    rc = upscale_cli.main([str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "cpu", *args])
+    rc = _main_rc(upscale_cli.main, [str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--device", "cpu", *args])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2
+    assert err.count("\n") == 1, err
     assert match in err
     assert "Traceback" not in err
 
@@ -148,15 +158,16 @@ def test_sr_eval_on_sample_set_writes_reports(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "Sample" in cap.out or "sample" in cap.out
-    data = json.loads((out / f"{TINY}_x2.json").read_text())
+    run = out / f"{TINY}_x2"  # each run writes into its own folder
+    data = json.loads((run / f"{TINY}_x2.json").read_text())
     res = data["results"][0]
     assert res["dataset"] == "sample" and res["num_images"] == len(res["per_image"]) >= 1
     # the dataset score is the mean of the per-image values
     assert res["psnr"] == pytest.approx(np.mean([r["psnr"] for r in res["per_image"]]))
     assert data["protocol"]["crop_border"] == 2 and data["protocol"]["y_channel"] is True
-    rows = list(csv.DictReader((out / f"{TINY}_x2.csv").open()))
+    rows = list(csv.DictReader((run / f"{TINY}_x2.csv").open()))
     assert rows[0]["dataset"] == "sample" and float(rows[0]["psnr"]) == pytest.approx(res["psnr"], abs=1e-5)
-    md = (out / f"{TINY}_x2.md").read_text()
+    md = (run / f"{TINY}_x2.md").read_text()
     assert "| Method | Scale | sample |" in md and f"{res['psnr']:.2f}/{res['ssim']:.4f}" in md
     assert "no published figures" in cap.err
 
@@ -222,7 +233,7 @@ def test_profile_reports_both_conventions_for_iet_light(capsys):
 
 def test_profile_bad_size(capsys):
     rc = cli.main(["profile", "--model", TINY, "--scale", "2", "--output-size", "big", "--device", "cpu"])
-    assert rc == 1 and "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert rc == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err
 
 
 def test_paper_results_lookup():

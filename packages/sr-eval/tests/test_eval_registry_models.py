@@ -98,7 +98,7 @@ def test_sr_upscale_with_esc_light_checkpoint(tmp_path, esc_light, capsys):
     rc = upscale_cli.main([str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--weights", str(ckpt),
                            "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    got = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    got = np.asarray(Image.open(tmp_path / "out" / "a_x4.png"))
     lr = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)[None]
     ref = upscale_tensor(esc_light, lr)[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(got, ref)

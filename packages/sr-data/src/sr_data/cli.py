@@ -1,7 +1,10 @@
 """The ``sr-data`` command: prepare, pack, verify, download, check.
 
-Every failure prints one line ``sr-data: error: ...`` to stderr and exits with status 1 (2 for
-usage errors, 130 on Ctrl-C); no tracebacks (``SR_DATA_DEBUG=1`` shows one for unexpected errors). Skipped bad images are reported as one warning line.
+Every failure prints one line ``sr-data: error: ...`` to stderr and exits with status 2 for usage
+errors (a bad or missing option: the message names it), 1 for data errors (a missing folder, a bad
+image, a stale or truncated packed file, out of memory, an OS error) and 130 on Ctrl-C; no
+tracebacks (``SR_DATA_DEBUG=1`` shows one for unexpected errors). Skipped bad images are reported
+as one warning line. ``check`` decodes every image (``--fast``: headers only).
 
 Examples::
 
@@ -9,6 +12,7 @@ Examples::
     sr-data prepare subimages datasets/DIV2K/DIV2K_train_LR_bicubic/X4 datasets/DIV2K/X4_sub --scale 4
     sr-data prepare lr datasets/DiverSeg-IP/HR datasets/DiverSeg-IP/X4 --scale 4
     sr-data prepare pack datasets/DIV2K/DIV2K_train_HR_sub datasets/DIV2K/DIV2K_train_HR_sub.lmdb
+    sr-data prepare pack datasets/DIV2K/DIV2K_train_HR_sub datasets/DIV2K/DIV2K_train_HR_sub.lmdb --replace
     sr-data verify datasets/DIV2K/DIV2K_train_HR_sub.lmdb
     sr-data download div2k --root datasets
     sr-data check df2k --root datasets --scale 4 --lr-source folder
@@ -23,6 +27,10 @@ import warnings
 from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+class UsageError(ValueError):
+    """A bad option value; printed as one line, exit status 2."""
 
 
 def _workers_default() -> int:
@@ -70,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("out", help="new directory, conventionally <src>.lmdb")
     p.add_argument("--encoding", choices=("raw", "png"), default="raw")
+    p.add_argument("--replace", action="store_true",
+                   help="re-pack over an earlier packed copy OUT (e.g. one refused as out of date)")
     _add_common(p)
 
-    p = sub.add_parser("verify", help="re-hash a packed file against its manifest")
+    p = sub.add_parser("verify", help="check a packed file: size against its header, every value against its manifest")
     p.add_argument("path")
 
     p = sub.add_parser("download", help="download DIV2K or Flickr2K (resumable, verified)")
@@ -97,9 +107,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-source", default=None, help="train: bicubic|pil|folder; eval: auto|bicubic|folder")
     p.add_argument("--lr-root", default=None)
     p.add_argument("--lr-tmpl", default="{}")
-    p.add_argument("--load", type=int, default=1, help="also load this many items")
+    p.add_argument("--load", type=int, default=1, help="also load and print this many items (default 1)")
+    p.add_argument("--fast", action="store_true", help="check headers only (default: decode every image)")
+    p.add_argument("--workers", type=int, default=_workers_default(), help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--no-packed", action="store_true", help="read the folders even when a <folder>.lmdb copy exists")
     p.add_argument("--on-bad-image", choices=("error", "skip"), default="error")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """UsageError (exit 2) for option values no command can use, before anything is read or written."""
+
+    def positive(flag: str, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+
+    positive("--workers", getattr(args, "workers", None))
+    if args.command == "prepare" and args.what == "subimages":
+        for flag, v in (("--crop-size", args.crop_size), ("--step", args.step), ("--scale", args.scale)):
+            positive(flag, v)
+        if args.thresh_size < 0:
+            raise UsageError(f"--thresh-size must be >= 0, got {args.thresh_size}")
+        if args.crop_size % args.scale or args.step % args.scale:
+            raise UsageError(f"--crop-size {args.crop_size} and --step {args.step} must be multiples of --scale {args.scale}")
+    elif args.command == "prepare" and args.what == "lr":
+        if args.scale < 2:
+            raise UsageError(f"--scale must be an integer >= 2, got {args.scale}")
+        if args.name_tmpl is not None and "{}" not in args.name_tmpl:
+            raise UsageError(f"--name-tmpl {args.name_tmpl!r} must contain {{}} (the HR name)")
+    elif args.command == "check":
+        positive("--scale", args.scale)
+        positive("--patch-size", args.patch_size)
+        if args.load < 0:
+            raise UsageError(f"--load must be >= 0, got {args.load}")
+        if args.name.lower() == "folder" and args.root is None:
+            raise UsageError("--root is required for the 'folder' dataset (the folder of HR images)")
+        if args.name.lower() == "folder" and args.lr_source == "folder" and args.lr_root is None:
+            raise UsageError("--lr-source folder with the 'folder' dataset needs --lr-root (the folder of LR images)")
 
 
 def _report_skipped(skipped: Sequence[tuple[str, str]]) -> None:
@@ -137,7 +182,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         before = len(skipped)
         write_packed(
             store, args.out, encoding=args.encoding, workers=args.workers, progress=progress,
-            on_bad_image=args.on_bad_image, skipped=skipped,
+            on_bad_image=args.on_bad_image, skipped=skipped, replace=args.replace,
         )  # fmt: skip
         print(f"packed {len(store) - (len(skipped) - before)} images into {args.out}")
         _report_skipped(skipped)
@@ -179,27 +224,79 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode_all(ds, workers: int, progress: bool) -> tuple[int, list[tuple[str, str]]]:
+    """Decode every HR (and LR) image the dataset uses; returns (images decoded, bad (file, reason))."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from sr_data.errors import ImageReadError
+
+    jobs = []
+    for hi, li in ds.items:
+        jobs.append((ds.hr_store, hi))
+        if li is not None and ds.lr_store is not None:
+            jobs.append((ds.lr_store, li))
+    jobs = list({(id(st), i): (st, i) for st, i in jobs}.values())  # each image once
+
+    def one(job) -> tuple[str, str] | None:
+        st, i = job
+        try:
+            st.read(i)
+        except ImageReadError as exc:
+            return st.describe(i), exc.reason
+        return None
+
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for res in tqdm(pool.map(one, jobs), total=len(jobs), desc="decoding", unit="img",
+                        disable=not progress, file=sys.stderr):
+            if res is not None:
+                bad.append(res)
+    return len(jobs), bad
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from sr_data.datasets import build_eval_dataset, build_train_dataset
+    from sr_data.errors import DataError
 
+    packed = False if args.no_packed else None
     if args.kind == "train":
         ds = build_train_dataset(
             args.name, root=args.root, scale=args.scale, patch_size=args.patch_size,
             lr_source=args.lr_source or "bicubic", lr_root=args.lr_root, lr_tmpl=args.lr_tmpl,
-            on_bad_image=args.on_bad_image,
+            on_bad_image=args.on_bad_image, packed=packed,
         )  # fmt: skip
-        n_images = len(ds.items)
     else:
         ds = build_eval_dataset(
             args.name, root=args.root, scale=args.scale, lr_source=args.lr_source or "auto",
-            lr_root=args.lr_root, lr_tmpl=args.lr_tmpl, on_bad_image=args.on_bad_image,
+            lr_root=args.lr_root, lr_tmpl=args.lr_tmpl, on_bad_image=args.on_bad_image, packed=packed,
         )  # fmt: skip
-        n_images = len(ds)
-    for i in range(min(args.load, len(ds))):
-        item = ds[i]
-        print(f"item {i}: {item['name']} lr {tuple(item['lr'].shape)} hr {tuple(item['hr'].shape)}")
-    print(f"{args.name} ({args.kind}, x{args.scale}): {n_images} images, {len(ds)} items")
+    n_images = len(ds.items)
     _report_skipped(ds.skipped)
+    where = f"{ds.hr_store.location}" + (f" + {ds.lr_store.location}" if ds.lr_store is not None else "")
+    if args.fast:
+        decoded, bad = 0, []
+    else:
+        decoded, bad = _decode_all(ds, args.workers, not args.no_progress)
+    if bad:
+        first = "; ".join(f"{p}: {r}" for p, r in bad[:3])
+        if args.on_bad_image == "error":
+            raise DataError(f"{len(bad)} of {decoded} images fail to decode: {first}")
+        print(
+            f"sr-data: warning: {len(bad)} of {decoded} images fail to decode: {first}; training with "
+            "--on-bad-image skip would replace each by another image (warning every time): fix or remove them",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(min(args.load, len(ds))):
+            item = ds[i]
+            print(f"item {i}: {item['name']} lr {tuple(item['lr'].shape)} hr {tuple(item['hr'].shape)}")
+    for w in caught:  # e.g. a bad image replaced by the next one under --on-bad-image skip
+        print(f"sr-data: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+    how = "headers checked, pixels not decoded (--fast)" if args.fast else f"{decoded - len(bad)} of {decoded} decoded"
+    print(f"{args.name} ({args.kind}, x{args.scale}) from {where}: {n_images} images, {len(ds)} items; {how}")
     return 0
 
 
@@ -218,25 +315,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check": _cmd_check,
     }
     try:
+        _validate(args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skipped files are reported once, by the command
             return handlers[args.command](args)
     except KeyboardInterrupt:
         print("sr-data: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `sr-data check ... | head`
+        _silence_stdout()
+        return 0
+    except UsageError as exc:
+        print(f"sr-data: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("sr-data: error: out of memory (use fewer --workers)", file=sys.stderr)
+        return 1
     except (DataError, DownloadError, ValueError, TypeError, OSError, lmdb.Error) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:
+            msg = f"{exc.filename}: {exc.strerror}"
         print(f"sr-data: error: {msg}", file=sys.stderr)
         return 1
     except Exception as exc:  # last resort: still one line; SR_DATA_DEBUG=1 re-raises for a traceback
         if os.environ.get("SR_DATA_DEBUG"):
             raise
         msg = " ".join(str(exc).split())
+        if "can't allocate memory" in msg or "out of memory" in msg.lower():
+            print("sr-data: error: out of memory (use fewer --workers)", file=sys.stderr)
+            return 1
         print(
             f"sr-data: internal error: {type(exc).__name__}: {msg} (set SR_DATA_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

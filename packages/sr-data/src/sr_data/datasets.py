@@ -20,7 +20,9 @@ set5 ...        <Set>/HR                         <Set>/LR_bicubic/X{s}          
 
 Benchmark set folder names: Set5, Set14, B100 (or BSD100, BSDS100), Urban100, Manga109 (lower
 case also accepted). A packed copy of any folder (``sr-data prepare pack``), stored next to it as
-``<folder>.lmdb``, is used instead of the folder when present (``packed=None``, the default);
+``<folder>.lmdb``, is used instead of the folder when present (``packed=None``, the default) and
+still matches the folder (a copy whose folder gained, lost or changed files since packing is
+refused with a DataError saying what changed, never used silently);
 ``packed=False`` ignores it, ``packed=True`` requires it.
 
 ``"folder"``: ``root`` is an HR folder or packed file; ``lr_root`` an optional LR folder whose
@@ -176,15 +178,32 @@ def open_store(
 
     p = Path(path)
     if is_packed(p):
+        _refuse_stale(p, None)
         return PackedStore(p), []
     sibling = p.parent / (p.name + ".lmdb")
     if packed is not False and is_packed(sibling):
+        _refuse_stale(sibling, p if p.is_dir() else None)
         return PackedStore(sibling), []
     if packed is True:
         raise DataError(
             f"{sibling}: packed file not found (make it with `sr-data prepare pack {p} {sibling}`)"
         )
     return FileStore.from_folder(p, recursive=recursive, on_bad_image=on_bad_image)
+
+
+def _refuse_stale(packed_dir: Path, folder: Path | None) -> None:
+    """DataError when the packed copy no longer matches its source folder (never used silently)."""
+    import json
+
+    from sr_data.packed import stale_reason
+
+    why = stale_reason(packed_dir, folder)
+    if why is not None:
+        src = folder if folder is not None else json.loads((packed_dir / "manifest.json").read_text())["source"]
+        raise DataError(
+            f"{packed_dir}: out of date ({why}); re-pack it with `sr-data prepare pack {src} {packed_dir} "
+            "--replace`, or delete it to read the folder"
+        )
 
 
 def _lr_name(tmpl: str, hr_name: str) -> str:
@@ -307,12 +326,12 @@ def build_train_dataset(
         lr: ImageStore | None = None
     elif key == "folder":
         if root is None:
-            raise DataError("folder: give root= (the HR folder)")
+            raise DataError("dataset 'folder' needs the folder of HR images (--root in sr-data, --data-root in sr-train and sr-eval)")
         hr, skipped = open_store(root, packed=packed, on_bad_image=on_bad_image)
         lr = None
         if use_lr:
             if lr_root is None:
-                raise DataError(f"{root}: lr_source='folder' needs lr_root= (the LR folder)")
+                raise DataError(f"{root}: LR images from a folder need that folder (--lr-root in sr-data)")
             lr_store, more = open_store(lr_root, packed=packed, on_bad_image=on_bad_image)
             skipped.extend(more)
             hr, lr = _align_lr(hr, lr_store, lr_tmpl, on_bad_image, skipped)
@@ -410,7 +429,7 @@ def build_eval_dataset(
         )
     if key == "folder":
         if root is None:
-            raise DataError("folder: give root= (the HR folder)")
+            raise DataError("dataset 'folder' needs the folder of HR images (--root in sr-data, --data-root in sr-train and sr-eval)")
         hr_dir, lr_dir, tmpl, recursive = Path(root), Path(lr_root) if lr_root else None, lr_tmpl, False
     elif key in _BENCH_DIRS:
         base = Path(root) if root is not None else default_root()
@@ -434,7 +453,7 @@ def build_eval_dataset(
     )
     if want_lr:
         if lr_dir is None:
-            raise DataError(f"{hr_dir}: lr_source='folder' needs lr_root= (the LR folder)")
+            raise DataError(f"{hr_dir}: LR images from a folder need that folder (--lr-root in sr-data)")
         lr_store, more = open_store(lr_dir, recursive=recursive, packed=packed, on_bad_image=on_bad_image)
         skipped.extend(more)
         hr, lr = _align_lr(hr, lr_store, tmpl, on_bad_image, skipped)

@@ -8,10 +8,26 @@ Layout of ``<name>.lmdb/``:
 
 * ``data.mdb``, ``lock.mdb``: the LMDB environment. Key: the image name (path relative to the
   source folder, no extension, ``/``-separated) in UTF-8. Value: the image.
-* ``manifest.json``: ``{"format": "sr-data-packed", "version": 1, "encoding": "raw"|"png",
-  "count": n, "source": "...", "entries": [{"name", "height", "width", "channels", "nbytes",
-  "sha256"}, ...]}``; ``sha256`` is the hash of the stored value bytes.
+* ``manifest.json``: ``{"format": "sr-data-packed", "version": 2, "encoding": "raw"|"png",
+  "count": n, "source": "<absolute source folder>", "recursive": bool, "source_files": [{"name",
+  "size", "mtime_ns"}, ...], "data_bytes": <size of data.mdb>, "entries": [{"name", "height",
+  "width", "channels", "nbytes", "sha256"}, ...]}``; ``sha256`` is the hash of the stored value
+  bytes, ``source_files`` the image files of the source folder when it was packed (the folder's
+  manifest: relative name with extension, size in bytes, modification time). Version 1 manifests
+  (no ``source_files``/``data_bytes``) are still read.
 * ``meta_info.txt``: BasicSR's ``name (h,w,c) compress_level`` lines.
+
+Safety checks:
+
+* **Stale copies.** :func:`stale_reason` compares a packed copy with its source folder (names,
+  sizes and modification times of the image files; only names for version 1 manifests);
+  :func:`sr_data.datasets.open_store` refuses a copy whose folder changed instead of using it
+  silently. ``sr-data prepare pack SRC OUT --replace`` re-packs it.
+* **Truncation.** Before the LMDB file is memory-mapped, its size is checked against the size
+  its own header needs (the newest of LMDB's two meta pages: ``(last page + 1) * page size``) and
+  against ``data_bytes``; reading a truncated memory map would kill the process with SIGBUS.
+  :func:`verify_packed` also runs the re-hashing in a child process, so even a corruption that
+  crashes LMDB is reported as one line.
 
 Encodings:
 
@@ -25,23 +41,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
+import shutil
+import stat
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from sr_data.errors import DataError, ImageReadError
-from sr_data.io import decode_image, encode_png
-from sr_data.stores import ImageStore
+from sr_data.io import IMAGE_EXTENSIONS, decode_image, encode_png
+from sr_data.stores import FileStore, ImageStore
 
-__all__ = ["FORMAT", "PackedStore", "is_packed", "verify_packed", "write_packed"]
+__all__ = [
+    "FORMAT",
+    "PackedStore",
+    "check_data_file",
+    "is_packed",
+    "lmdb_required_bytes",
+    "scan_source",
+    "stale_reason",
+    "verify_packed",
+    "write_packed",
+]
 
 FORMAT = "sr-data-packed"
-VERSION = 1
+VERSION = 2
 ENCODINGS = ("raw", "png")
+DATA_FILE = "data.mdb"
+_LMDB_MAGIC = 0xBEEFC0DE
+_PAGE_HEADER = 16  # bytes before an LMDB meta page's MDB_meta struct (64-bit builds)
 
 
 def is_packed(path: str | Path) -> bool:
@@ -68,6 +102,133 @@ def _load_manifest(path: Path) -> dict:
     if manifest.get("count") != len(manifest.get("entries", [])):
         raise DataError(f"{m}: count does not match the number of entries")
     return manifest
+
+
+def lmdb_required_bytes(data_file: str | Path) -> int:
+    """The size ``data.mdb`` must have at least, from its own header (no memory map involved).
+
+    LMDB keeps two meta pages at the start of the file; the one with the larger transaction id is
+    current and records the last page in use, so the file needs ``(last_page + 1) * page_size``
+    bytes. Raises DataError naming the file when the header is missing or not LMDB's.
+    """
+    path = Path(data_file)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_PAGE_HEADER + 136)
+            if len(head) < _PAGE_HEADER + 136:
+                raise DataError(f"{path}: truncated LMDB file ({len(head)} bytes, not even a header)")
+            magic, _version = struct.unpack_from("<II", head, _PAGE_HEADER)
+            if magic != _LMDB_MAGIC:
+                raise DataError(f"{path}: not an LMDB data file (bad magic number)")
+            page_size = struct.unpack_from("<I", head, _PAGE_HEADER + 24)[0]  # md_pad of the free DB
+            if page_size < 512 or page_size & (page_size - 1):
+                raise DataError(f"{path}: corrupt LMDB header (page size {page_size})")
+            fh.seek(page_size)
+            second = fh.read(_PAGE_HEADER + 136)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    metas = [head]
+    if len(second) == len(head) and struct.unpack_from("<I", second, _PAGE_HEADER)[0] == _LMDB_MAGIC:
+        metas.append(second)
+    last_page, _txn = max(
+        (struct.unpack_from("<QQ", m, _PAGE_HEADER + 120) for m in metas), key=lambda t: t[1]
+    )
+    return (last_page + 1) * page_size
+
+
+def check_data_file(path: str | Path, manifest: dict | None = None) -> None:
+    """DataError if the LMDB file of packed directory ``path`` is missing, truncated or changed.
+
+    Compares the file size with what its header needs (:func:`lmdb_required_bytes`) and with the
+    manifest's ``data_bytes`` (version 2; a smaller file is truncated). Call it before opening the environment: LMDB memory-maps
+    the file, and reading a page past the end of a truncated file raises SIGBUS, not an error.
+    """
+    path = Path(path)
+    data = path / DATA_FILE
+    if not data.is_file():
+        raise DataError(f"{path}: {DATA_FILE} is missing (packed copy incomplete?)")
+    size = data.stat().st_size
+    need = lmdb_required_bytes(data)
+    if size < need:
+        raise DataError(
+            f"{data}: truncated: {size} bytes, its LMDB header needs {need}; re-pack it or copy it again"
+        )
+    recorded = (manifest or {}).get("data_bytes")
+    if recorded is not None and size < recorded:  # larger is harmless for the map; hashes check content
+        raise DataError(
+            f"{data}: truncated: {size} bytes, but {recorded} were written when it was packed; "
+            "re-pack it or copy it again"
+        )
+
+
+def scan_source(folder: str | Path, *, recursive: bool = False) -> list[dict]:
+    """The folder's manifest: ``[{"name", "size", "mtime_ns"}, ...]`` of its image files.
+
+    Same selection as :func:`sr_data.stores.list_image_files` (image extensions, hidden files and
+    folders ignored, sub-folders only when ``recursive``); ``name`` is the path relative to the
+    folder, ``/``-separated, with its extension. Sorted by name.
+    """
+    root = Path(folder)
+    found = []
+    walker = os.walk(root) if recursive else [(str(root), [], os.listdir(root))]
+    for dirpath, dirnames, filenames in walker:
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            if fn.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            found.append({"name": p.relative_to(root).as_posix(), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return sorted(found, key=lambda e: e["name"])
+
+
+def _strip_ext(name: str) -> str:
+    head, _, tail = name.rpartition("/")
+    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    return f"{head}/{stem}" if head else stem
+
+
+def stale_reason(path: str | Path, folder: str | Path | None = None) -> str | None:
+    """Why packed directory ``path`` no longer matches its source folder, or None if it does.
+
+    ``folder`` defaults to the source recorded in the manifest; when that folder does not exist
+    (the images were deleted after packing, or the copy was moved to another machine) there is
+    nothing to compare and None is returned. Version 2 manifests compare names, sizes and
+    modification times of every image file; version 1 manifests only the image names.
+    """
+    path = Path(path)
+    manifest = _load_manifest(path)
+    src = Path(folder) if folder is not None else Path(manifest.get("source") or "")
+    if not str(src) or not src.is_dir():
+        return None
+    recursive = bool(manifest.get("recursive", False))
+    try:
+        now = scan_source(src, recursive=recursive)
+    except OSError as exc:
+        return f"cannot list {src} ({exc.strerror or exc})"
+    recorded = manifest.get("source_files")
+    if recorded is None:  # version 1: names only (keys without extension)
+        before_names = {e["name"] for e in manifest["entries"]}
+        now_names = {_strip_ext(e["name"]) for e in now}
+        added, removed = sorted(now_names - before_names), sorted(before_names - now_names)
+        changed: list[str] = []
+    else:
+        before = {e["name"]: (e["size"], e["mtime_ns"]) for e in recorded}
+        cur = {e["name"]: (e["size"], e["mtime_ns"]) for e in now}
+        added, removed = sorted(set(cur) - set(before)), sorted(set(before) - set(cur))
+        changed = sorted(n for n in set(cur) & set(before) if cur[n] != before[n])
+    if not (added or removed or changed):
+        return None
+    parts = []
+    for what, names in (("new", added), ("removed", removed), ("changed", changed)):
+        if names:
+            parts.append(f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return f"{src} changed since it was packed: " + "; ".join(parts)
 
 
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
@@ -97,6 +258,7 @@ class PackedStore(ImageStore):
         self._resolved = str(self.path.resolve())
         self.location = str(self.path)
         manifest = _load_manifest(self.path)
+        check_data_file(self.path, manifest)
         self.encoding: str = manifest["encoding"]
         entries = manifest["entries"]
         self.names = [e["name"] for e in entries]
@@ -170,6 +332,20 @@ def _iter_encoded(
         yield from pool.map(_encode_one, range(len(store)), chunksize=4)
 
 
+def _prepare_target(out: Path, replace: bool) -> None:
+    """Refuse a target that would lose data: only a missing/empty folder, or (``replace``) a packed one."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not replace:
+        raise DataError(f"{out}: already exists and is not empty (re-pack over a packed copy with --replace)")
+    if not is_packed(out):
+        raise DataError(f"{out}: not a packed dataset; --replace only replaces an earlier packed copy")
+
+
 def write_packed(
     store: ImageStore,
     out: str | Path,
@@ -180,28 +356,79 @@ def write_packed(
     commit_every: int = 64,
     on_bad_image: str = "error",
     skipped: list[tuple[str, str]] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Pack every image of ``store`` into ``out`` (a new directory, conventionally ``*.lmdb``).
 
-    Images are read (and PNG-encoded) in ``workers`` processes and written in order by this one.
-    Returns ``out``. Raises DataError if ``out`` exists and is not empty, ImageReadError for a bad
-    source image; with ``on_bad_image="skip"`` bad images are left out and appended to ``skipped``.
-    """
-    from tqdm import tqdm
+    Images are read (and PNG-encoded) in ``workers`` processes and written in order by this one,
+    into a hidden temporary folder next to ``out`` that is renamed to ``out`` only when complete
+    (an interrupted or failed run leaves nothing behind). For a folder store
+    (:meth:`FileStore.from_folder`) the manifest records the folder's files (names, sizes,
+    modification times), read before any image, so a later change of the folder is detected.
 
+    Returns ``out``. Raises DataError if ``out`` exists and is not empty (unless ``replace`` and
+    ``out`` is an earlier packed copy, which is then replaced), ImageReadError for a bad source
+    image; with ``on_bad_image="skip"`` bad images are left out and appended to ``skipped``.
+    """
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: already exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    _prepare_target(out, replace)
+    source_root = getattr(store, "root", None) if isinstance(store, FileStore) else None
+    recursive = bool(getattr(store, "recursive", False))
+    source_files = scan_source(source_root, recursive=recursive) if source_root is not None else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        entries = _write_lmdb(store, tmp, out.name, encoding, workers, progress, commit_every, on_bad_image, skipped)
+        if not entries:
+            raise DataError(f"{store.location}: no image could be packed")
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "encoding": encoding,
+            "count": len(entries),
+            "source": str(Path(source_root).resolve()) if source_root is not None else store.location,
+            "recursive": recursive,
+            "source_files": source_files,
+            "data_bytes": (tmp / DATA_FILE).stat().st_size,
+            "entries": entries,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        level = 1 if encoding == "png" else 0
+        (tmp / "meta_info.txt").write_text(
+            "".join(f"{e['name']} ({e['height']},{e['width']},{e['channels']}) {level}\n" for e in entries)
+        )
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_lmdb(
+    store: ImageStore,
+    folder: Path,
+    label: str,
+    encoding: str,
+    workers: int,
+    progress: bool,
+    commit_every: int,
+    on_bad_image: str,
+    skipped: list[tuple[str, str]] | None,
+) -> list[dict]:
+    """Write the LMDB environment into ``folder``; returns the manifest entries."""
+    from tqdm import tqdm
+
     total = sum(h * w * 3 for h, w in (store.shape(i) for i in range(len(store))))
     map_size = int(total * 1.6) + (64 << 20)
-    env = lmdb.open(str(out), map_size=map_size, subdir=True, meminit=False, map_async=True)
+    env = lmdb.open(str(folder), map_size=map_size, subdir=True, meminit=False, map_async=True)
     entries = []
     try:
         txn = env.begin(write=True)
-        bar = tqdm(total=len(store), desc=f"pack {out.name}", unit="img", disable=not progress)
+        bar = tqdm(total=len(store), desc=f"pack {label}", unit="img", disable=not progress)
         for k, (name, shape, value) in enumerate(_iter_encoded(store, encoding, workers, on_bad_image)):
             bar.update(1)
             if shape is None:
@@ -229,58 +456,91 @@ def write_packed(
         env.sync()
     finally:
         env.close()
-    if not entries:
-        raise DataError(f"{store.location}: no image could be packed")
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "encoding": encoding,
-        "count": len(entries),
-        "source": store.location,
-        "entries": entries,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    level = 1 if encoding == "png" else 0
-    (out / "meta_info.txt").write_text(
-        "".join(f"{e['name']} ({e['height']},{e['width']},{e['channels']}) {level}\n" for e in entries)
-    )
-    return out
+    return entries
 
 
-def verify_packed(path: str | Path, *, progress: bool = False) -> list[str]:
-    """Re-hash every value of a packed directory against its manifest.
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` folder to ``out``; an earlier packed ``out`` is removed only after."""
+    if out.exists() and any(out.iterdir()):
+        stale_env = _ENVS.pop((os.getpid(), str(out.resolve())), None)
+        if stale_env is not None:  # this process read the old copy: close it before it goes away
+            stale_env.close()
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
 
-    Returns a list of problems (empty when the file is intact): missing keys, size or checksum
-    mismatches, PNG values that do not decode to the recorded shape.
+
+def _verify_entries(path: str) -> list[str]:
+    """Re-hash every value (run in a child process by :func:`verify_packed`)."""
+    root = Path(path)
+    manifest = _load_manifest(root)
+    problems: list[str] = []
+    env = lmdb.open(str(root), readonly=True, lock=False, readahead=False, meminit=False)
+    try:
+        with env.begin(buffers=True) as txn:
+            for e in manifest["entries"]:
+                buf = txn.get(e["name"].encode("utf-8"))
+                where = f"{root}:{e['name']}"
+                if buf is None:
+                    problems.append(f"{where}: missing")
+                    continue
+                if len(buf) != e["nbytes"]:
+                    problems.append(f"{where}: {len(buf)} bytes, manifest says {e['nbytes']}")
+                    continue
+                if hashlib.sha256(buf).hexdigest() != e["sha256"]:
+                    problems.append(f"{where}: sha256 mismatch")
+                    continue
+                if manifest["encoding"] == "png":
+                    try:
+                        shape = decode_image(bytes(buf), where).shape
+                    except ImageReadError as exc:
+                        problems.append(str(exc))
+                        continue
+                    if shape != (e["height"], e["width"], e["channels"]):
+                        problems.append(f"{where}: decodes to {shape}, manifest says {e['height']}x{e['width']}")
+        n_entries = env.stat()["entries"]
+    finally:
+        env.close()
+    if n_entries != manifest["count"]:
+        problems.append(f"{root}: LMDB holds {n_entries} entries, manifest lists {manifest['count']}")
+    return problems
+
+
+def verify_packed(path: str | Path, *, isolate: bool = True) -> list[str]:
+    """Check a packed directory against its manifest; returns the problems (empty when intact).
+
+    First, without touching the memory map: the manifest, the LMDB file's size against its header
+    and the recorded size (truncation). Then every value is re-hashed: missing keys, size or
+    checksum mismatches, PNG values that do not decode to the recorded shape. With ``isolate``
+    (default) the re-hashing runs in a child process, so a corruption that makes LMDB crash the
+    process (SIGBUS, SIGSEGV) comes back as one problem instead of killing the caller.
+    Raises DataError when ``path`` is not a packed directory at all.
     """
-    from tqdm import tqdm
-
     path = Path(path)
     manifest = _load_manifest(path)
-    problems: list[str] = []
-    env = _shared_env(path)
-    with env.begin(buffers=True) as txn:
-        for e in tqdm(manifest["entries"], desc=f"verify {path.name}", disable=not progress):
-            buf = txn.get(e["name"].encode("utf-8"))
-            where = f"{path}:{e['name']}"
-            if buf is None:
-                problems.append(f"{where}: missing")
-                continue
-            if len(buf) != e["nbytes"]:
-                problems.append(f"{where}: {len(buf)} bytes, manifest says {e['nbytes']}")
-                continue
-            if hashlib.sha256(buf).hexdigest() != e["sha256"]:
-                problems.append(f"{where}: sha256 mismatch")
-                continue
-            if manifest["encoding"] == "png":
-                try:
-                    shape = decode_image(bytes(buf), where).shape
-                except ImageReadError as exc:
-                    problems.append(str(exc))
-                    continue
-                if shape != (e["height"], e["width"], e["channels"]):
-                    problems.append(f"{where}: decodes to {shape}, manifest says {e['height']}x{e['width']}")
-    stat = env.stat()
-    if stat["entries"] != manifest["count"]:
-        problems.append(f"{path}: LMDB holds {stat['entries']} entries, manifest lists {manifest['count']}")
-    return problems
+    try:
+        check_data_file(path, manifest)
+    except DataError as exc:
+        return [str(exc)]
+    if not isolate:
+        try:
+            return _verify_entries(str(path))
+        except lmdb.Error as exc:
+            return [f"{path}: corrupt LMDB ({' '.join(str(exc).split())})"]
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            return pool.submit(_verify_entries, str(path)).result()
+    except BrokenProcessPool:
+        return [f"{path / DATA_FILE}: corrupt: reading it crashed the verifying process; re-pack it or copy it again"]
+    except lmdb.Error as exc:
+        return [f"{path}: corrupt LMDB ({' '.join(str(exc).split())})"]

@@ -7,11 +7,19 @@ one crop flush with the right/bottom edge when the remainder exceeds ``thresh_si
 x4 120/60) and a trailing ``x{scale}`` is removed from the name (only at the end of the name,
 unlike BasicSR's plain ``str.replace``), so LR and HR sub-images share names and stay aligned.
 An image smaller than the crop is written whole as ``_s001``.
+
+Both commands write into a hidden temporary folder next to the output and rename it to the output
+name only when every image is done, so a failed or interrupted run leaves nothing that blocks the
+rerun; every setting is checked before anything is created.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +93,33 @@ def _run(fn, jobs: list, workers: int, desc: str, progress: bool) -> list:
         )
 
 
-def _prepare_out(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
+def _check_out(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"{out_dir}: output folder exists and is not empty")
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _staged_output(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder next to ``out_dir`` that becomes ``out_dir`` on success, vanishes on failure."""
+    _check_out(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _check_out(out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _positive(**values: int) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
 def extract_subimages(
@@ -110,14 +141,16 @@ def extract_subimages(
     they are divided by ``scale``. Raises DataError/ImageReadError naming the file on bad input
     unless ``on_bad_image="skip"``.
     """
-    if scale < 1 or crop_size % scale or step % scale:
+    _positive(crop_size=crop_size, step=step, scale=scale, workers=workers)
+    if thresh_size < 0:
+        raise ValueError(f"thresh_size must be >= 0, got {thresh_size!r}")
+    if crop_size % scale or step % scale:
         raise ValueError(f"crop_size {crop_size} and step {step} must be multiples of scale {scale}")
     store, skipped = FileStore.from_folder(src, recursive=recursive, on_bad_image=on_bad_image)
-    out = Path(out_dir)
-    _prepare_out(out)
     crop, stp, thr = crop_size // scale, step // scale, thresh_size // scale
-    jobs = [(p, n, out, crop, stp, thr, scale, on_bad_image) for p, n in zip(store.paths, store.names)]
-    results = _run(_subimages_one, jobs, workers, f"sub-images {Path(src).name}", progress)
+    with _staged_output(Path(out_dir)) as out:
+        jobs = [(p, n, out, crop, stp, thr, scale, on_bad_image) for p, n in zip(store.paths, store.names)]
+        results = _run(_subimages_one, jobs, workers, f"sub-images {Path(src).name}", progress)
     skipped += [bad for _, bad in results if bad is not None]
     return PrepareReport(written=sum(n for n, _ in results), skipped=skipped)
 
@@ -159,11 +192,13 @@ def make_lr_folder(
     """
     if int(scale) != scale or scale < 2:
         raise ValueError(f"scale must be an integer >= 2, got {scale!r}")
+    _positive(workers=workers)
     tmpl = name_tmpl or f"{{}}x{scale}"
+    if "{}" not in tmpl:
+        raise ValueError(f"name template {tmpl!r} must contain {{}} (the HR name)")
     store, skipped = FileStore.from_folder(src, recursive=recursive, on_bad_image=on_bad_image)
-    out = Path(out_dir)
-    _prepare_out(out)
-    jobs = [(p, n, out, int(scale), tmpl, on_bad_image) for p, n in zip(store.paths, store.names)]
-    results = _run(_lr_one, jobs, workers, f"LR x{scale} {Path(src).name}", progress)
+    with _staged_output(Path(out_dir)) as out:
+        jobs = [(p, n, out, int(scale), tmpl, on_bad_image) for p, n in zip(store.paths, store.names)]
+        results = _run(_lr_one, jobs, workers, f"LR x{scale} {Path(src).name}", progress)
     skipped += [bad for _, bad in results if bad is not None]
     return PrepareReport(written=sum(n for n, _ in results), skipped=skipped)

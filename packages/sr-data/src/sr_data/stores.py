@@ -82,7 +82,7 @@ def list_image_files(
             else:
                 reason = f"not an image file (extension {p.suffix or 'none'!r})"
                 if on_bad_image == "error":
-                    raise DataError(f"{p}: {reason}; remove it or pass on_bad_image='skip'")
+                    raise DataError(f"{p}: {reason}; remove it, or skip bad files (--on-bad-image skip)")
                 skipped.append((str(p), reason))
     files.sort(key=lambda p: p.relative_to(root).as_posix())
     if not files:
@@ -99,6 +99,8 @@ class FileStore(ImageStore):
         self.paths = [Path(p) for p in paths]
         self.names = list(names)
         self.location = location
+        self.root: Path | None = None  # the folder, when built by from_folder
+        self.recursive = False
         self._shapes: dict[int, tuple[int, int]] = {}
 
     @classmethod
@@ -114,7 +116,9 @@ class FileStore(ImageStore):
             raise DataError(
                 f"{root}: several files share the name(s) {sorted(dupes)[:3]} with different extensions"
             )
-        return cls(files, names, str(root)), skipped
+        store = cls(files, names, str(root))
+        store.root, store.recursive = root, recursive  # the folder's manifest is recorded when packing
+        return store, skipped
 
     def describe(self, i: int) -> str:
         return str(self.paths[i])

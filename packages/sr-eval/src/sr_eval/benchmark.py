@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +18,9 @@ from torch import nn
 from sr_eval.inference import upscale_tensor
 from sr_eval.metrics import mean_score, psnr_torch, ssim_torch
 from sr_eval.paper_results import PaperRow
+
+if TYPE_CHECKING:
+    from sr_eval.runner import Upscaler
 
 # Display names of the usual benchmark sets, in the papers' column order.
 DISPLAY_NAMES = {
@@ -61,6 +66,7 @@ def evaluate_dataset(
     max_batch: int = 1,
     perceptual: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] | None = None,
     progress: Callable[[int], None] | None = None,
+    upscaler: Upscaler | None = None,
     **upscale_kwargs,
 ) -> DatasetResult:
     """PSNR/SSIM (paper convention) of ``model`` on ``dataset``.
@@ -70,6 +76,9 @@ def evaluate_dataset(
     ``max_batch``. ``upscale_kwargs`` go to :func:`upscale_tensor` (tile, precision, self_ensemble...).
     ``perceptual`` maps a metric name to ``fn(sr, hr) -> (B,)`` on (B, 3, H, W) [0, 1] tensors.
     ``progress(n)`` is called after every batch with the number of images done in it.
+    With an ``upscaler`` (:class:`sr_eval.runner.Upscaler`, memory-bounded: whole image when it
+    fits, else tiles) it replaces ``upscale_kwargs``; a batch that does not fit whole is run image
+    by image, and every per-image row records the ``tile`` used (None: whole image).
     """
     device = torch.device(device)
     per_image: list[dict] = []
@@ -77,11 +86,25 @@ def evaluate_dataset(
 
     def run(batch: list[Mapping]) -> None:
         lr = torch.stack([b["lr"] for b in batch]).to(device)
-        sr = upscale_tensor(model, lr, **upscale_kwargs)
+        tiles: list[int | None] = [upscale_kwargs.get("tile")] * len(batch)
+        if upscaler is None:
+            sr = upscale_tensor(model, lr, **upscale_kwargs)
+        elif len(batch) > 1 and upscaler.plan(*lr.shape[-2:], batch=len(batch)).tile is not None:
+            for b in batch:  # the batch does not fit whole: one image at a time
+                run([b])
+            return
+        else:
+            names = ", ".join(str(b.get("name", "?")) for b in batch)
+            try:
+                sr, info = upscaler(lr, name=names)
+            except ValueError as err:  # e.g. does not fit even in tiles: name the image and the dataset
+                raise ValueError(f"{name}/{names}: {err}") from err
+            tiles = [info.plan.tile] * len(batch)
         hr = torch.stack([align_hr(b["hr"], sr.shape, str(b.get("name", "?"))) for b in batch]).to(device)
         p = psnr_torch(sr, hr, crop_border=crop_border, y_channel=y_channel)
         s = ssim_torch(sr, hr, crop_border=crop_border, y_channel=y_channel)
-        rows = [{"name": str(b.get("name", i)), "psnr": float(p[i]), "ssim": float(s[i])} for i, b in enumerate(batch)]
+        rows = [{"name": str(b.get("name", i)), "psnr": float(p[i]), "ssim": float(s[i]), "tile": tiles[i]}
+                for i, b in enumerate(batch)]
         for key, fn in (perceptual or {}).items():
             vals = fn(sr, hr).reshape(-1).tolist()
             extra_vals[key].extend(vals)
@@ -193,18 +216,28 @@ def write_reports(
     paper: Sequence[PaperRow] = (),
     meta: Mapping | None = None,
 ) -> dict[str, Path]:
-    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``out_dir``; returns their paths."""
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` into ``out_dir``; returns their paths.
+
+    Each file is written to a temporary name and renamed, so an interrupted run never leaves half a
+    table (or replaces a complete one with half of a new one).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     header, rows = table_rows(label, scale, results, paper)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
     protocol = ", ".join(f"{k}={v}" for k, v in (meta or {}).get("protocol", {}).items())
     title = f"PSNR/SSIM of {label} x{scale}" + (f" ({protocol})" if protocol else "")
-    paths["md"].write_text(render_markdown(header, rows, title))
-    paths["csv"].write_text(render_csv(label, scale, results, paper))
     payload = {
         **(meta or {}),
         "results": [asdict(r) for r in results],
         "paper": [asdict(p) for p in paper],
     }
-    paths["json"].write_text(json.dumps(_finite(payload), indent=2, default=str))
+    texts = {
+        "md": render_markdown(header, rows, title),
+        "csv": render_csv(label, scale, results, paper),
+        "json": json.dumps(_finite(payload), indent=2, default=str),
+    }
+    for ext, text in texts.items():
+        tmp = paths[ext].with_name(f".{paths[ext].name}.partial-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, paths[ext])
     return paths

@@ -162,6 +162,20 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list
     return [*range(0, last, stride), last]
 
 
+def effective_tile(tile: int, overlap: int, multiple: int) -> int:
+    """The tile side :func:`forward_tiled` really uses for a requested ``tile``.
+
+    ``tile`` rounded up to a multiple of ``multiple`` (the model's ``pad_multiple``) and to at least
+    ``overlap + multiple`` (so consecutive tiles advance by one multiple or more).
+    """
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if overlap < 0:
+        raise ValueError(f"tile_overlap must be >= 0, got {overlap}")
+    m = max(1, int(multiple))
+    return max(math.ceil(tile / m) * m, math.ceil((overlap + m) / m) * m)
+
+
 def _ramp(length: int, left_overlap: int, right_overlap: int, device: torch.device) -> torch.Tensor:
     """1-D blending weight of a tile of ``length`` output pixels.
 
@@ -187,11 +201,12 @@ def forward_tiled(
     tile_overlap: int = DEFAULT_TILE_OVERLAP,
     precision: str = "fp32",
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Tiled forward: LR tiles of ``tile`` x ``tile`` pixels overlapping by ``tile_overlap`` or more.
 
     ``tile`` is rounded up to a multiple of ``model.pad_multiple`` (and to at least ``tile_overlap``
-    plus one multiple) and tiles start at multiples of it
+    plus one multiple; :func:`effective_tile`) and tiles start at multiples of it
     (:func:`tile_starts`), so a window-attention model sees the same windows as on the whole image and
     only the last tile of a row/column is padded, at the image border, as the whole image is.
     Each tile goes through the model with its pad policy (and, with ``precision`` != fp32, its own
@@ -201,22 +216,25 @@ def forward_tiled(
     that, the seams are linear cross-fades. Image borders are treated as in the whole-image pass.
 
     lr: (B, 3, h, w) float in [0, 1]. Returns (B, 3, h*s, w*s) float32. ``forward`` replaces the
-    per-tile forward (default :func:`forward_padded`).
+    per-tile forward (default :func:`forward_padded`). ``progress(done, total)`` is called after
+    every tile.
     """
     pol = pad_policy(model)
     _check_input(lr, pol.min_size)
-    if tile < pol.min_size:
-        raise ValueError(f"tile={tile} is smaller than the model's minimum input side {pol.min_size}")
     b, c, h, w = lr.shape
     s = model_scale(model)
-    if not 0 <= tile_overlap < tile:
-        raise ValueError(f"tile_overlap must be in [0, tile), got {tile_overlap} for tile {tile}")
     m = pol.multiple  # inner tiles need no padding of their own, and the stride must be >= m:
-    tile = max(math.ceil(tile / m) * m, math.ceil((tile_overlap + m) / m) * m)
+    tile = effective_tile(tile, tile_overlap, m)
+    if tile < pol.min_size:
+        raise ValueError(f"tile={tile} is smaller than the model's minimum input side {pol.min_size}")
     run = forward or (lambda t: forward_padded(model, t, precision=precision))
     ys, xs = tile_starts(h, tile, tile_overlap, pol.multiple), tile_starts(w, tile, tile_overlap, pol.multiple)
     if len(ys) == 1 and len(xs) == 1:
-        return run(lr)
+        y = run(lr)
+        if progress is not None:
+            progress(1, 1)
+        return y
+    total, done = len(ys) * len(xs), 0
     out = torch.zeros(b, c, h * s, w * s, dtype=torch.float32, device=lr.device)
     norm = torch.zeros(1, 1, h * s, w * s, dtype=torch.float32, device=lr.device)
     y_end = [min(y0 + tile, h) for y0 in ys]
@@ -233,7 +251,11 @@ def forward_tiled(
             y = run(lr[:, :, y0:y1, x0:x1])
             out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += y * weight
             norm[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += weight
-    return out / norm
+            del y
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out.div_(norm)
 
 
 # The 8 dihedral transforms as (hflip, vflip, transpose); each is its own inverse up to order.
@@ -269,8 +291,9 @@ def ensemble_x8(forward: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tenso
     acc = None
     for t in _D4:
         y = _inverse(forward(_transform(lr, *t).contiguous()), *t)
-        acc = y if acc is None else acc + y
-    return acc / len(_D4)
+        acc = y if acc is None else acc.add_(y)
+        del y
+    return acc.div_(len(_D4))
 
 
 @torch.no_grad()
@@ -283,12 +306,15 @@ def upscale_tensor(
     precision: str = "fp32",
     self_ensemble: bool = False,
     clamp: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Upscale a batch with the model's pad policy, optional tiling, x8 ensemble and precision.
 
     lr: (B, 3, h, w) or (3, h, w) float in [0, 1], on the model's device. Returns (B, 3, h*s, w*s)
     (or (3, h*s, w*s)) float32, clamped to [0, 1] unless ``clamp=False``. The caller puts the model
-    in eval mode. ``tile=None`` runs the whole image at once.
+    in eval mode. ``tile=None`` runs the whole image at once. ``progress(done, total)`` is called
+    after every tile (with the ensemble, ``total`` counts the tiles of all 8 passes). Memory-bounded
+    tiling chosen from the free memory is :class:`sr_eval.runner.Upscaler`'s job.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -297,24 +323,39 @@ def upscale_tensor(
         lr = lr.unsqueeze(0)
     if lr.ndim != 4:
         raise ValueError(f"lr must be (B, 3, h, w) or (3, h, w), got shape {tuple(lr.shape)}")
+    passes = len(_D4) if self_ensemble else 1
+    state = {"pass": 0}
+
+    def tick(done: int, total: int) -> None:
+        if progress is not None:
+            progress(state["pass"] * total + done, passes * total)
+        if done == total:
+            state["pass"] += 1
+
     if tile is None:
         def fwd(t: torch.Tensor) -> torch.Tensor:
-            return forward_padded(model, t, precision=precision)
+            y = forward_padded(model, t, precision=precision)
+            tick(1, 1)
+            return y
     else:
         def fwd(t: torch.Tensor) -> torch.Tensor:
-            return forward_tiled(model, t, tile=tile, tile_overlap=tile_overlap, precision=precision)
+            return forward_tiled(model, t, tile=tile, tile_overlap=tile_overlap, precision=precision, progress=tick)
     y = ensemble_x8(fwd, lr) if self_ensemble else fwd(lr)
     if clamp:
-        y = y.clamp(0, 1)
+        y = y.clamp_(0, 1)
     return y[0] if squeeze else y
 
 
 
 def is_oom(err: BaseException) -> bool:
-    """True for CUDA/CPU out-of-memory errors."""
-    if isinstance(err, torch.cuda.OutOfMemoryError):
+    """True for CUDA/CPU out-of-memory errors (torch's, an allocator refusal, Python's MemoryError)."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    oom = getattr(torch, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def batches_by_size(sizes: Sequence[tuple[int, int]], max_batch: int) -> Iterator[list[int]]:

@@ -1,8 +1,11 @@
 """The ``sr-train`` command (also ``python -m sr_train``, e.g. under ``torchrun``).
 
 Bad input (unknown model or preset, missing data root, unusable dataset, incompatible resume,
-failed checkpoint write) prints one line ``sr-train: error: ...`` to stderr and exits with status 2
-(1 for failures during training), without a traceback and without overwriting earlier files.
+``--out`` naming a file) prints one line ``sr-train: error: ...`` to stderr and exits with status 2;
+failures during training (a failed checkpoint write, out of memory including allocator failures,
+OS errors, anything unexpected) exit 1, also in one line, without a traceback
+(``SR_TRAIN_DEBUG=1`` shows one) and without overwriting earlier files. Ctrl-C or SIGTERM
+checkpoints the current iteration and exits 130 with one line naming what was saved.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 EPILOG = """\
@@ -26,9 +30,17 @@ sr_train/presets/*.yaml and the defaults in sr_train/config.py.
 """
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line, ``sr-train: error: ... (see sr-train --help)``, exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``sr-train``."""
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="sr-train",
         description="Train a super-resolution model from a paper recipe (preset) on the embedded sample data "
         "or a real dataset.",
@@ -75,6 +87,30 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return cli
 
 
+def _warn_cpu_bf16(cfg: dict[str, Any]) -> None:
+    """bf16 autocast on a CPU without fast bf16 units is many times slower than fp32: say so."""
+    if cfg["train"]["precision"] != "bf16":
+        return
+    import torch
+
+    device = str(cfg["train"]["device"])
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        print("sr-train: warning: --precision bf16 on the CPU is usually much slower than fp32 (most CPUs have "
+              "no fast bf16 matrix units); it saves memory, not time", file=sys.stderr)
+
+
+def _is_allocator_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def _unexpected(exc: BaseException) -> int:
+    """An error sr-train has no message for: still one line; SR_TRAIN_DEBUG=1 re-raises for a traceback."""
+    if os.environ.get("SR_TRAIN_DEBUG"):
+        raise exc
+    return _fail(f"internal error: {type(exc).__name__}: {exc} (set SR_TRAIN_DEBUG=1 for a traceback)", 1)
+
+
 def _fail(msg: str, code: int = 2) -> int:
     first = " ".join(str(msg).split("\n")[0].split())
     print(f"sr-train: error: {first}", file=sys.stderr)
@@ -91,8 +127,25 @@ def _recipe_note(cfg: dict[str, Any]) -> str:
     if r.get("compute"):
         parts.append(f"  compute: {r['compute']}")
     if r.get("next"):
-        parts.append(f"  next: {r['next']}")
+        name, scale = cfg["model"]["name"], cfg["model"]["scale"]
+        recipe_preset = r.get("preset", cfg["preset"])  # the run the hint means: this one, or the full recipe's
+        run = cfg["out"] if recipe_preset == cfg["preset"] else str(Path("runs") / f"{name}_x{scale}_{recipe_preset}")
+        nxt = str(r["next"]).replace("<this run>", run).replace("<model>", name)
+        parts.append(f"  next: {nxt}")
     return "the full recipe:\n" + "\n".join(parts)
+
+
+def _interrupted_message(cfg: dict[str, Any] | None) -> str:
+    """What an interrupt that saved nothing new leaves: the newest checkpoint, or none at all."""
+    if cfg is None:
+        return "interrupted before training started; nothing was written"
+    from sr_train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(cfg["out"])
+    if not found:
+        return "interrupted; no checkpoint was written, so a rerun starts from iteration 0"
+    it, path = found[-1]
+    return f"interrupted; nothing saved since {path} (iteration {it}); continue from it with --resume auto"
 
 
 def _data_errors() -> tuple[type[BaseException], ...]:
@@ -112,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sr_train.config import list_presets, resolve_config
     from sr_train.errors import CheckpointWriteError, TrainError
+    from sr_train.interrupt import TrainingInterrupted
+
+    cfg: dict[str, Any] | None = None
 
     try:
         if args.list_presets:
@@ -140,8 +196,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from sr_train.trainer import train
 
+        _warn_cpu_bf16(cfg)
         t0 = time.perf_counter()
         result = train(cfg, resume=args.resume)
+    except BrokenPipeError:  # `sr-train --list-models | head`
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except TrainingInterrupted as exc:  # a signal: the checkpoint of the current iteration was written
+        print(f"sr-train: {exc}", file=sys.stderr)
+        return 130
     except CheckpointWriteError as exc:
         return _fail(str(exc), 1)
     except TrainError as exc:
@@ -151,8 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _oom_error() as exc:
         return _fail(f"out of memory ({str(exc).splitlines()[0][:120]}); lower data.batch_size or data.patch_size, "
                      "or use --precision bf16", 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted; continue with --resume auto", 130)
+    except (RuntimeError, MemoryError) as exc:
+        if not _is_allocator_failure(exc):
+            return _unexpected(exc)
+        detail = " ".join(str(exc).split())
+        detail = detail[detail.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in detail else detail
+        return _fail(f"out of memory ({(detail or 'MemoryError')[:120]}); lower data.batch_size or data.patch_size, "
+                     "data.num_workers, or raise the memory limit (ulimit -v)", 1)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:
+        return _unexpected(exc)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C: nothing new was saved
+        return _fail(_interrupted_message(cfg), 130)
     if int(os.environ.get("RANK", "0")) == 0:
         minutes = (time.perf_counter() - t0) / 60
         print(f"done: {result.iteration} iterations in {minutes:.1f} min; run directory {result.run_dir}")

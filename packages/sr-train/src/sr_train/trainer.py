@@ -10,6 +10,7 @@ directory is created or any file is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from sr_train.checkpoint import (
+    CKPT_DIR,
     FORMAT_VERSION,
     capture_rng_state,
     check_compatible,
@@ -40,6 +42,7 @@ from sr_train.config import dump_config
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
 from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
+from sr_train.interrupt import StopRequest, TrainingInterrupted, ignore_stop_signals_in_worker
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
 from sr_train.schedule import WarmupMultiStepLR
@@ -132,16 +135,45 @@ def seed_everything(seed: int) -> None:
 
 
 class MetricsLog:
-    """JSONL metrics file plus TensorBoard events, written by rank 0 only."""
+    """JSONL metrics file plus TensorBoard events, written by rank 0 only.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
+    A run that starts at iteration ``start`` (a resume, or 0 for a fresh run in a directory left
+    without checkpoints) first truncates ``metrics.jsonl`` to the records of iterations up to
+    ``start`` (dropping a half-written last line too; rewritten atomically), and opens TensorBoard
+    with ``purge_step=start + 1``, which makes TensorBoard discard the earlier events after
+    ``start``: no iteration appears twice. ``dropped`` counts the JSONL records removed.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool, start: int = 0) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
+        self.dropped = self._truncate(start) if enabled else 0
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            old_events = any((run_dir / "tb").glob("events.out.tfevents.*"))
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start + 1 if old_events else None)
+
+    def _truncate(self, start: int) -> int:
+        if not self.path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                ok = int(rec["iter"]) <= start
+            except (ValueError, KeyError, TypeError):
+                ok = False  # a half-written line of a crashed run
+            if ok:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            from sr_train.checkpoint import atomic_write
+
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(keep), encoding="utf-8"))
+        return dropped
 
     def write(self, iteration: int, values: dict[str, float], kind: str) -> None:
         if not self.enabled:
@@ -191,6 +223,23 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
     return out
 
 
+def _interrupted(signame: str, done: int, iters: int, start: int, ckpt: Path | None,
+                 weights: Path | None) -> TrainingInterrupted:
+    """The exception (and one-line message) of a run stopped by ``signame`` after iteration ``done``."""
+    if done == start and start == 0:
+        msg = f"stopped by {signame} before iteration 1 finished; nothing was saved (a rerun starts from iteration 0)"
+        return TrainingInterrupted(msg, iteration=0, checkpoint=None, weights=None)
+    if done == start:
+        msg = (f"stopped by {signame} before iteration {start + 1} finished; nothing new to save: "
+               f"{ckpt or 'the checkpoint resumed from'} holds iteration {start}; continue with --resume auto")
+        return TrainingInterrupted(msg, iteration=start, checkpoint=ckpt, weights=None)
+    saved = f"saved {ckpt} (model, EMA, optimizer, schedule, RNG states and data position at iteration {done})"
+    if weights is not None:
+        saved += f" and {weights}"
+    msg = f"stopped by {signame} after iteration {done} of {iters}: {saved}; continue with --resume auto"
+    return TrainingInterrupted(msg, iteration=done, checkpoint=ckpt, weights=weights)
+
+
 def train(cfg: dict[str, Any], *, resume: str | None = None, log: Log = print) -> RunResult:
     """Run the training described by the resolved config ``cfg`` (see :func:`sr_train.config.resolve_config`).
 
@@ -209,6 +258,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     t_cfg, d_cfg, o_cfg, s_cfg, c_cfg, v_cfg = (cfg[k] for k in ("train", "data", "optim", "schedule", "checkpoint", "val"))
     name, scale = cfg["model"]["name"], cfg["model"]["scale"]
     run_dir = Path(cfg["out"])
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is an existing file, not a directory; choose another --out")
     if d_cfg["batch_size"] % env.world_size:
         raise ConfigError(f"config key 'data.batch_size' ({d_cfg['batch_size']}) is the global batch and must "
                           f"divide by the number of processes ({env.world_size})")
@@ -227,6 +278,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                               f"{existing[-1][0]}); pass --resume auto to continue it or choose another --out")
     else:
         ckpt_path = find_resume_checkpoint(resume, run_dir)
+        if ckpt_path is None:
+            log(f"--resume auto: no checkpoint in {run_dir / CKPT_DIR}; starting from iteration 0")
         if ckpt_path is not None:
             ckpt_state = load_checkpoint_file(ckpt_path)
             check_compatible(ckpt_state, model=name, scale=scale, path=ckpt_path)
@@ -273,7 +326,10 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         cfg_text = dump_config(cfg)
         cfg_file = run_dir / "config.yaml" if start == 0 else run_dir / f"config_resume_{start:08d}.yaml"
         cfg_file.write_text(cfg_text, encoding="utf-8")
-    metrics = MetricsLog(run_dir, enabled=env.is_main, tensorboard=cfg["log"]["tensorboard"])
+    metrics = MetricsLog(run_dir, enabled=env.is_main, tensorboard=cfg["log"]["tensorboard"], start=start)
+    if metrics.dropped:
+        log(f"dropped {metrics.dropped} record(s) after iteration {start} from {metrics.path} "
+            "(they were logged after the checkpoint); TensorBoard hides the events after it too")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {name} x{scale}: {n_params:,} parameters; preset {cfg['preset']}; device {env.device}; "
         f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches")
@@ -291,7 +347,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     # every item by (seed, epoch, index)).
     loader = DataLoader(EpochIndexedDataset(train_ds), batch_sampler=sampler, num_workers=d_cfg["num_workers"],
                         pin_memory=env.device.type == "cuda", persistent_workers=False,
-                        generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank))
+                        generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank),
+                        worker_init_fn=ignore_stop_signals_in_worker)
     batches = iter(loader)
     criterion = loss_function(t_cfg["loss"])
     autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
@@ -343,6 +400,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     loss_sum, loss_n, loss_val = 0.0, 0, float("nan")
     t_last, it_last = time.perf_counter(), start
     train_model.train()
+    stop = StopRequest()
+    done_it, saved_it = start, start  # last finished iteration; iteration of the newest checkpoint
+
+    def stopping() -> bool:  # every rank stops at the same iteration
+        return any_rank(stop.requested, env) if env.distributed else stop.requested
+
+    def validating() -> Any:  # a signal while validating stops at once (single process only)
+        return contextlib.nullcontext() if env.distributed else stop.at_once()
+
+    stop.install()
     try:
         for it in range(start + 1, iters + 1):
             scheduler.set_iteration(it)
@@ -377,14 +444,28 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 rec.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
                 metrics.write(it, rec, "train")
                 loss_sum, loss_n, t_last, it_last = 0.0, 0, now, it
+            done_it = it
             if v_cfg["every"] and it % v_cfg["every"] == 0 and it != iters:
-                val_res = run_validation(it)
+                with validating():
+                    val_res = run_validation(it)
             if c_cfg["every"] and it % c_cfg["every"] == 0 and it != iters:
-                last_ckpt = write_checkpoint(it)
+                last_ckpt, saved_it = write_checkpoint(it), it
+            if stopping():
+                raise KeyboardInterrupt
         bar.close()
-        val_res = run_validation(iters) or val_res
+        with validating():
+            val_res = run_validation(iters) or val_res
         last_ckpt = write_checkpoint(iters)
+    except KeyboardInterrupt:
+        if not stop.requested or stop.count > 1:
+            raise  # not our signal, or a second one: stop now, without saving
+        bar.close()
+        if done_it > saved_it:
+            last_ckpt, saved_it = write_checkpoint(done_it), done_it
+        raise _interrupted(stop.name, done_it, iters, start, last_ckpt or ckpt_path,
+                           weights_path if c_cfg["export_safetensors"] and saved_it == done_it > start else None) from None
     finally:
+        stop.restore()
         bar.close()
         metrics.close()
     return RunResult(run_dir=run_dir, iteration=iters, last_checkpoint=last_ckpt,
