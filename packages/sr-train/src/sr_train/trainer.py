@@ -42,7 +42,7 @@ from sr_train.ema import ModelEMA
 from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
-from sr_train.schedule import WarmupMultiStepLR
+from sr_train.schedule import WarmupMultiStepLR, effective_schedule, schedule_warning
 from sr_train.validate import validate
 
 Log = Callable[[str], None]
@@ -243,8 +243,11 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     model.to(env.device)
     ema = ModelEMA(model, t_cfg["ema_decay"]) if t_cfg["ema_decay"] else None
     optimizer = build_optimizer(model, o_cfg)
-    scheduler = WarmupMultiStepLR(optimizer, warmup_iters=s_cfg["warmup_iters"], milestones=s_cfg["milestones"],
-                                  gamma=s_cfg["gamma"])
+    warmup_iters, milestones = effective_schedule(s_cfg, t_cfg["iters"])
+    if s_cfg["rescale"]:
+        log(f"schedule rescaled to {t_cfg['iters']} of {s_cfg['reference_iters']} iterations: warm-up {warmup_iters}, "
+            f"milestones {milestones}")
+    scheduler = WarmupMultiStepLR(optimizer, warmup_iters=warmup_iters, milestones=milestones, gamma=s_cfg["gamma"])
     start = 0
     if ckpt_state is not None:
         try:
@@ -260,6 +263,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
         start = int(ckpt_state["iteration"])
         changed = _config_changes(ckpt_state.get("config") or {}, cfg)
+    note = schedule_warning(s_cfg, t_cfg["iters"])
+    if note:
+        log(note)
         if changed:
             log(f"note: resuming with config changes against the checkpoint: {', '.join(changed[:8])}")
         # A different world size changes the data order; the run still continues from the same step.
