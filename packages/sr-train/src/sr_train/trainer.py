@@ -56,7 +56,7 @@ class RunResult:
     iteration: int
     last_checkpoint: Path | None
     weights: Path | None
-    val: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)  # psnr/ssim (EMA if any), psnr_raw/ssim_raw with an EMA
     final_loss: float = float("nan")
     model: nn.Module | None = None  # the trained (unwrapped) model
     ema_model: nn.Module | None = None  # its EMA copy (None without EMA)
@@ -136,6 +136,15 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
         self.enabled = enabled
+def export_metadata(ema: ModelEMA | None) -> dict[str, str]:
+    """Safetensors metadata naming which weights an export holds: ``sr_train_weights`` is ``ema`` (with
+    ``sr_train_ema_decay``, ``sr_train_ema_warmup`` and ``sr_train_ema_updates``) or ``raw``."""
+    if ema is None:
+        return {"sr_train_weights": "raw"}
+    return {"sr_train_weights": "ema", "sr_train_ema_decay": str(ema.decay), "sr_train_ema_warmup": str(ema.warmup).lower(),
+            "sr_train_ema_updates": str(ema.updates)}
+
+
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if enabled and tensorboard:
@@ -241,7 +250,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             f"interpolated across scales, {len(rep['skipped'])} skipped, {len(rep['missing'])} missing")
 
     model.to(env.device)
-    ema = ModelEMA(model, t_cfg["ema_decay"]) if t_cfg["ema_decay"] else None
+    ema = ModelEMA(model, t_cfg["ema_decay"], warmup=t_cfg["ema_warmup"]) if t_cfg["ema_decay"] else None
     optimizer = build_optimizer(model, o_cfg)
     warmup_iters, milestones = effective_schedule(s_cfg, t_cfg["iters"])
     if s_cfg["rescale"]:
@@ -307,10 +316,18 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         if val_ds is None:
             return {}
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        if ema is not None:  # one EMA update per iteration (checkpoints before the warm-up had no counter)
+            ema.updates = int(ckpt_state.get("ema_updates", ckpt_state["iteration"]))
             res = validate(eval_model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
-        log(f"[iter {it}] validation ({v_cfg['dataset']}, {res['images']} images, {'EMA' if ema else 'live'} weights): "
-            f"PSNR {res['psnr']:.3f} dB  SSIM {res['ssim']:.4f}")
-        metrics.write(it, {"psnr": res["psnr"], "ssim": res["ssim"]}, "val")
+            if ema is not None:  # the live weights too: a young EMA can trail them by several dB
+                raw = validate(model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
+                res = {**res, "psnr_raw": raw["psnr"], "ssim_raw": raw["ssim"]}
+        line = (f"[iter {it}] validation ({v_cfg['dataset']}, {res['images']} images): "
+                f"{'EMA' if ema else 'live'} weights PSNR {res['psnr']:.3f} dB  SSIM {res['ssim']:.4f}")
+        if ema is not None:
+            line += f"; live weights PSNR {res['psnr_raw']:.3f} dB  SSIM {res['ssim_raw']:.4f}"
+        log(line)
+        metrics.write(it, {k: res[k] for k in ("psnr", "ssim", "psnr_raw", "ssim_raw") if k in res}, "val")
         return res
 
     weights_path = run_dir / "weights" / f"{name}_x{scale}.safetensors"
@@ -331,7 +348,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 path = save_checkpoint(run_dir, it, state, keep_last=c_cfg["keep_last"])
                 if c_cfg["export_safetensors"]:
                     export_weights(eval_model, weights_path, extra_metadata={
-                        "sr_train_iteration": str(it), "sr_train_config": json.dumps(cfg)})
+                        "sr_train_iteration": str(it), "sr_train_config": json.dumps(cfg),
+                        **export_metadata(ema)})
             except CheckpointWriteError as exc:
                 error = str(exc)
         if any_rank(bool(error), env):
@@ -374,6 +392,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             if it % log_every == 0 or it == iters:
                 mean_loss = all_reduce_sum([loss_sum, float(loss_n)], env)
                 if not math.isfinite(mean_loss[0]):  # checked on the reduced value: every rank stops together
+                "ema_updates": ema.updates if ema is not None else None,
                     raise TrainError(f"the loss became {mean_loss[0]} by iteration {it}; lower the learning rate "
                                      "(optim.*.lr) or enable optim.grad_clip")
                 now = time.perf_counter()
