@@ -2,14 +2,18 @@
 checkpoints and logs, single-process or under torchrun/DDP.
 
 Order of events per iteration ``it`` (1-based): set the lr for ``it``; read batch ``it - 1`` of the
-resumable sampler; forward (bf16 autocast if asked), loss, backward, optional clipping, step; EMA
-update; log; validate (every ``val.every``); checkpoint (every ``checkpoint.every``). Everything
-that can fail on bad input (model, preset, data, resume checkpoint) is checked before the run
-directory is created or any file is written.
+resumable sampler; split it into ``train.accumulate`` micro-batches and for each run the forward
+(bf16 autocast if asked), the loss divided by the micro-step count and the backward (under DDP the
+gradients are all-reduced only on the last micro-step); optional clipping, step; EMA update; log;
+validate (every ``val.every``: the EMA and the live weights); checkpoint (every
+``checkpoint.every``). Everything that can fail on bad input (model, preset, data, resume
+checkpoint, a batch that cannot fit the free memory) is checked before the run directory is created
+or any file is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -218,9 +222,10 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     t_cfg, d_cfg, o_cfg, s_cfg, c_cfg, v_cfg = (cfg[k] for k in ("train", "data", "optim", "schedule", "checkpoint", "val"))
     name, scale = cfg["model"]["name"], cfg["model"]["scale"]
     run_dir = Path(cfg["out"])
-    if d_cfg["batch_size"] % env.world_size:
+    accumulate = t_cfg["accumulate"]
+    if d_cfg["batch_size"] % (env.world_size * accumulate):
         raise ConfigError(f"config key 'data.batch_size' ({d_cfg['batch_size']}) is the global batch and must "
-                          f"divide by the number of processes ({env.world_size})")
+                          f"divide by the number of processes ({env.world_size}) times train.accumulate ({accumulate})")
     per_rank_batch = d_cfg["batch_size"] // env.world_size
 
     # --- everything that can fail on bad input, before anything is written
@@ -291,7 +296,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     metrics = MetricsLog(run_dir, enabled=env.is_main, tensorboard=cfg["log"]["tensorboard"])
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {name} x{scale}: {n_params:,} parameters; preset {cfg['preset']}; device {env.device}; "
-        f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches")
+        f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches"
+        + (f" in {accumulate} micro-steps" if accumulate > 1 else ""))
     log(describe_groups(optimizer.param_groups))
     log(f"run directory: {run_dir}" + (f" (resuming from {ckpt_path} at iteration {start})" if start else ""))
 
@@ -371,13 +377,22 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         for it in range(start + 1, iters + 1):
             scheduler.set_iteration(it)
             batch = next(batches)
-            lr_img = batch["lr"].to(env.device, non_blocking=True)
-            hr_img = batch["hr"].to(env.device, non_blocking=True)
-            with torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                sr = train_model(lr_img)
-            loss = criterion(sr.float(), hr_img)
+            lr_parts = batch["lr"].to(env.device, non_blocking=True).chunk(accumulate)
+            hr_parts = batch["hr"].to(env.device, non_blocking=True).chunk(accumulate)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros((), device=env.device)
+            for k, (lr_img, hr_img) in enumerate(zip(lr_parts, hr_parts, strict=True)):
+                # DDP all-reduces the gradients on the last micro-step only
+                sync = k == accumulate - 1 or not env.distributed
+                with contextlib.nullcontext() if sync else train_model.no_sync():  # type: ignore[operator]
+                    with torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        sr = train_model(lr_img)
+                    micro_loss = criterion(sr.float(), hr_img)
+                    if accumulate > 1:  # equal micro-batches: the mean of their means is the batch mean
+                        micro_loss = micro_loss / accumulate
+                    micro_loss.backward()
+                loss += micro_loss.detach()
             if o_cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o_cfg["grad_clip"])
             optimizer.step()
