@@ -41,6 +41,7 @@ from sr_train.checkpoint import (
     save_checkpoint,
 )
 from sr_train.config import dump_config
+from sr_train.cpu_threads import apply_threads, resolve_threads
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
 from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
@@ -229,9 +230,6 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     per_rank_batch = d_cfg["batch_size"] // env.world_size
 
     # --- everything that can fail on bad input, before anything is written
-    seed_everything(t_cfg["seed"] + env.rank)
-    model = build_model(cfg)
-    train_ds, val_ds = build_datasets(cfg)
     ckpt_state = None
     ckpt_path = None
     if resume is None:
@@ -282,6 +280,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         log(note)
         if changed:
             log(f"note: resuming with config changes against the checkpoint: {', '.join(changed[:8])}")
+    threads = None
+    if env.device.type == "cpu" or t_cfg["threads"] != "auto":
+        threads, why = resolve_threads(t_cfg["threads"], workers=d_cfg["num_workers"],
+                                       resumed=(ckpt_state or {}).get("threads"))
+        apply_threads(threads)
+        if env.device.type == "cpu":
+            log(f"CPU threads: {threads} ({why}; --set train.threads=N to choose)")
+    seed_everything(t_cfg["seed"] + env.rank)
+    model = build_model(cfg)
+    train_ds, val_ds = build_datasets(cfg)
         # A different world size changes the data order; the run still continues from the same step.
         if ckpt_state.get("world_size", 1) != env.world_size:
             log(f"warning: checkpoint written with {ckpt_state.get('world_size')} processes, resuming with "
@@ -345,7 +353,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         if env.is_main:
             state = {
                 "format": "sr-train", "format_version": FORMAT_VERSION, "model_name": name, "scale": scale,
-                "iteration": it, "world_size": env.world_size, "config": cfg,
+                "iteration": it, "world_size": env.world_size, "threads": threads, "config": cfg,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
