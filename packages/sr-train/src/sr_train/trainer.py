@@ -44,7 +44,7 @@ from sr_train.config import dump_config
 from sr_train.cpu_threads import apply_threads, resolve_threads
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
-from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
+from sr_train.errors import CheckpointWriteError, ConfigError, MemoryCheckError, ResumeError, TrainError
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
 from sr_train.schedule import WarmupMultiStepLR, effective_schedule, schedule_warning
@@ -136,11 +136,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MetricsLog:
-    """JSONL metrics file plus TensorBoard events, written by rank 0 only."""
-
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
 def export_metadata(ema: ModelEMA | None) -> dict[str, str]:
     """Safetensors metadata naming which weights an export holds: ``sr_train_weights`` is ``ema`` (with
     ``sr_train_ema_decay``, ``sr_train_ema_warmup`` and ``sr_train_ema_updates``) or ``raw``."""
@@ -150,6 +145,11 @@ def export_metadata(ema: ModelEMA | None) -> dict[str, str]:
             "sr_train_ema_updates": str(ema.updates)}
 
 
+class MetricsLog:
+    """JSONL metrics file plus TensorBoard events, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self.tb = None
         if enabled and tensorboard:
@@ -205,6 +205,38 @@ def _gather_rng(env: DistEnv) -> list[dict[str, Any]]:
     return out
 
 
+def _check_memory(cfg: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], autocast_dtype: torch.dtype | None,
+                  log: Log) -> None:
+    """The pre-flight memory check (:mod:`sr_train.memory`); MemoryCheckError on every rank if any rank
+    cannot fit one step. Skipped (with a note) where memory cannot be measured."""
+    from sr_train.memory import describe, free_memory, measure_step_memory, memory_message, plan_memory
+
+    d, t = cfg["data"], cfg["train"]
+    free = free_memory(env.device)
+    micro = d["batch_size"] // env.world_size // t["accumulate"]
+    ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()) if env.distributed else 0
+    step = None
+    if free is not None:
+        step = measure_step_memory(model, device=env.device, patch=d["patch_size"], scale=cfg["model"]["scale"],
+                                   micro_batch=micro, loss_fn=criterion, autocast_dtype=autocast_dtype,
+                                   optimizer=optimizer, extra_fixed_bytes=ddp_buckets, budget_bytes=free)
+    message = ""
+    if step is None or free is None:
+        log("memory check: skipped (the free or used memory of this device cannot be read)")
+    else:
+        plan = plan_memory(step, batch_size=d["batch_size"], world_size=env.world_size, accumulate=t["accumulate"],
+                           free_bytes=free)
+        if plan.fits:
+            log(describe(step, plan, env.device))
+        else:
+            message = memory_message(plan, model=cfg["model"]["name"], scale=cfg["model"]["scale"],
+                                     batch_size=d["batch_size"], patch=d["patch_size"], accumulate=t["accumulate"],
+                                     device=str(env.device))
+    if any_rank(bool(message), env):
+        raise MemoryCheckError(message or "not enough memory for one training step on another process")
+
+
 def train(cfg: dict[str, Any], *, resume: str | None = None, log: Log = print) -> RunResult:
     """Run the training described by the resolved config ``cfg`` (see :func:`sr_train.config.resolve_config`).
 
@@ -228,6 +260,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         raise ConfigError(f"config key 'data.batch_size' ({d_cfg['batch_size']}) is the global batch and must "
                           f"divide by the number of processes ({env.world_size}) times train.accumulate ({accumulate})")
     per_rank_batch = d_cfg["batch_size"] // env.world_size
+    note = schedule_warning(s_cfg, t_cfg["iters"])
+    if note:
+        log(note)
 
     # --- everything that can fail on bad input, before anything is written
     ckpt_state = None
@@ -245,6 +280,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             if ckpt_state["iteration"] >= t_cfg["iters"]:
                 raise ResumeError(f"checkpoint {str(ckpt_path)!r} is at iteration {ckpt_state['iteration']}, "
                                   f"not before train.iters={t_cfg['iters']}; raise --iters to train further")
+    threads = None
+    if env.device.type == "cpu" or t_cfg["threads"] != "auto":
+        threads, why = resolve_threads(t_cfg["threads"], workers=d_cfg["num_workers"],
+                                       resumed=(ckpt_state or {}).get("threads"))
+        apply_threads(threads)
+        if env.device.type == "cpu":
+            log(f"CPU threads: {threads} ({why}; --set train.threads=N to choose)")
+    seed_everything(t_cfg["seed"] + env.rank)
+    model = build_model(cfg)
+    train_ds, val_ds = build_datasets(cfg)
     if ckpt_state is None and cfg["model"]["init_from"]:
         from sr_train.transfer import load_init_weights
 
@@ -271,29 +316,23 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             raise ResumeError(f"checkpoint {str(ckpt_path)!r} does not fit this model/optimizer: "
                               f"{str(exc).splitlines()[0]}") from None
         scheduler.load_state_dict(ckpt_state["scheduler"])
+        if ema is not None:  # one EMA update per iteration (checkpoints before the warm-up had no counter)
+            ema.updates = int(ckpt_state.get("ema_updates", ckpt_state["iteration"]))
         rngs = ckpt_state["rng"]
         restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
         start = int(ckpt_state["iteration"])
         changed = _config_changes(ckpt_state.get("config") or {}, cfg)
-    note = schedule_warning(s_cfg, t_cfg["iters"])
-    if note:
-        log(note)
         if changed:
             log(f"note: resuming with config changes against the checkpoint: {', '.join(changed[:8])}")
-    threads = None
-    if env.device.type == "cpu" or t_cfg["threads"] != "auto":
-        threads, why = resolve_threads(t_cfg["threads"], workers=d_cfg["num_workers"],
-                                       resumed=(ckpt_state or {}).get("threads"))
-        apply_threads(threads)
-        if env.device.type == "cpu":
-            log(f"CPU threads: {threads} ({why}; --set train.threads=N to choose)")
-    seed_everything(t_cfg["seed"] + env.rank)
-    model = build_model(cfg)
-    train_ds, val_ds = build_datasets(cfg)
         # A different world size changes the data order; the run still continues from the same step.
         if ckpt_state.get("world_size", 1) != env.world_size:
             log(f"warning: checkpoint written with {ckpt_state.get('world_size')} processes, resuming with "
                 f"{env.world_size}: the data order differs from an uninterrupted run")
+
+    criterion = loss_function(t_cfg["loss"])
+    autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
+    if t_cfg["memory_check"]:
+        _check_memory(cfg, env, model, optimizer, criterion, autocast_dtype, log)
 
     # --- the run directory (rank 0 writes)
     if env.is_main:
@@ -322,16 +361,12 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                         pin_memory=env.device.type == "cuda", persistent_workers=False,
                         generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank))
     batches = iter(loader)
-    criterion = loss_function(t_cfg["loss"])
-    autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
     eval_model = ema.module if ema is not None else model
 
     def run_validation(it: int) -> dict[str, float]:
         if val_ds is None:
             return {}
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
-        if ema is not None:  # one EMA update per iteration (checkpoints before the warm-up had no counter)
-            ema.updates = int(ckpt_state.get("ema_updates", ckpt_state["iteration"]))
             res = validate(eval_model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
             if ema is not None:  # the live weights too: a young EMA can trail them by several dB
                 raw = validate(model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
@@ -356,6 +391,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 "iteration": it, "world_size": env.world_size, "threads": threads, "config": cfg,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "ema": ema.state_dict() if ema is not None else None,
+                "ema_updates": ema.updates if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
             }
             try:
@@ -415,7 +451,6 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             if it % log_every == 0 or it == iters:
                 mean_loss = all_reduce_sum([loss_sum, float(loss_n)], env)
                 if not math.isfinite(mean_loss[0]):  # checked on the reduced value: every rank stops together
-                "ema_updates": ema.updates if ema is not None else None,
                     raise TrainError(f"the loss became {mean_loss[0]} by iteration {it}; lower the learning rate "
                                      "(optim.*.lr) or enable optim.grad_clip")
                 now = time.perf_counter()
