@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,13 @@ from torch import nn
 
 GIB = 1024**3
 HEADROOM = 0.9  # use at most this fraction of the free memory (fragmentation, data loading, validation)
-# The linear fit through batches 1 and 2 under-estimated the measured CPU peak at batches 8-16 by 5%
-# (sst-light, iet-light) to 16% (esc-light at 64x64); the measured part is scaled by this margin.
+# The linear fit through batches 1 and 2 (after the warm-up pass) was within -0.3% to +7% of the
+# measured CPU peak at batch 8 (esc-light 64x64, sst-light and iet-light 32x32); the measured part
+# is scaled by this margin for allocator fragmentation and the data batch.
 MARGIN = 1.2
+# On the CPU the second probe is skipped when the first took longer than this (IET's recipe: a
+# 50x50 sample takes ~30 s on one core); the slope is then the first probe minus the gradients.
+SLOW_PROBE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -222,9 +227,12 @@ def measure_step_memory(model: nn.Module, *, device: torch.device, patch: int, s
     cannot measure its memory, e.g. without /proc). The model's RNG draws, buffers, gradients and
     train/eval mode are restored afterwards.
 
-    The second probe is skipped when ``micro_batch`` is 1, or when even a pessimistic extrapolation of
-    the first (all of it per-sample) exceeds ``budget_bytes`` (so that the probe itself cannot run out
-    of memory); the slope is then the first probe minus the gradients' size (an over-estimate).
+    An unmeasured warm-up pass on a small patch comes first (the first pass of a process pages in
+    library code and fills caches, which is not per-sample memory). The second probe is skipped when
+    ``micro_batch`` is 1, when even a pessimistic extrapolation of the first (all of it per-sample)
+    exceeds ``budget_bytes`` (so that the probe itself cannot run out of memory), or on the CPU when
+    the first took longer than :data:`SLOW_PROBE_S`; the slope is then the first probe minus the
+    gradients' size (an over-estimate).
     """
     if device.type != "cuda" and not _CpuPeak.available():
         return None
@@ -239,11 +247,14 @@ def measure_step_memory(model: nn.Module, *, device: torch.device, patch: int, s
     try:
         with torch.random.fork_rng(devices=devices):
             model.train()
+            _probe(model, device, 1, min(patch, 8), scale, loss_fn, autocast_dtype)  # warm-up
             for p in params:
                 p.grad = None
+            t0 = time.perf_counter()
             peaks[1] = _probe(model, device, 1, patch, scale, loss_fn, autocast_dtype)
+            slow = device.type != "cuda" and time.perf_counter() - t0 > SLOW_PROBE_S
             pessimistic_2 = 2 * peaks[1] + opt_bytes + extra_fixed_bytes
-            if micro_batch >= 2 and (budget_bytes is None or pessimistic_2 <= budget_bytes):
+            if micro_batch >= 2 and not slow and (budget_bytes is None or pessimistic_2 <= budget_bytes):
                 for p in params:  # both probes allocate their gradients
                     p.grad = None
                 peaks[2] = max(_probe(model, device, 2, patch, scale, loss_fn, autocast_dtype), peaks[1])
