@@ -167,7 +167,13 @@ def test_validation_reports_ema_and_live_weights_and_exports_say_which(tmp_path,
     tiny = register_tiny_model()
     common = ["--model", tiny, "--iters", "4", "--set", "data.patch_size=8", "--set", "data.batch_size=2",
               "--set", "val.every=2", "--set", "train.threads=1", *FAST]
-    rc, out, err = _run([*common, "--out", str(tmp_path / "ema")], capsys)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rc, out, err = _run([*common, "--out", str(tmp_path / "ema")], capsys)
+        assert torch.get_num_threads() == 2  # the run used train.threads=1 and gave the count back
+    finally:
+        torch.set_num_threads(before)
     assert rc == 0, err
     lines = [x for x in out.splitlines() if x.startswith("[iter")]
     assert len(lines) == 2 and all("EMA weights PSNR" in x and "live weights PSNR" in x for x in lines)

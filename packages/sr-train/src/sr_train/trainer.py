@@ -242,13 +242,16 @@ def train(cfg: dict[str, Any], *, resume: str | None = None, log: Log = print) -
 
     ``resume``: None (fresh run; error if the run directory already has checkpoints), ``"auto"``
     (newest checkpoint of the run directory, fresh if none) or a checkpoint file / run directory.
-    Initialises and tears down the process group when launched by torchrun.
+    Initialises and tears down the process group when launched by torchrun. The torch thread count
+    set for the run (``train.threads``) is restored on return.
     """
     env = init_distributed(cfg["train"]["device"])
+    threads_before = torch.get_num_threads()
     try:
         return _train(cfg, env, resume=resume, log=log if env.is_main else (lambda _msg: None))
     finally:
         cleanup_distributed()
+        apply_threads(threads_before)
 
 
 def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -> RunResult:
