@@ -125,6 +125,68 @@ def test_biased_attention_backends_agree_with_naive_reference(backend):
     torch.testing.assert_close(out, ref)
 
 
+def test_gather_rpb_is_the_table_read_at_rpb_index():
+    torch.manual_seed(9)
+    w = 5
+    table = torch.randn(3, (2 * w - 1) ** 2, dtype=torch.float64, requires_grad=True)
+    dense = gather_rpb(table, w)
+    idx = rpb_index(w)
+    for h in range(3):
+        torch.testing.assert_close(dense[h], table[h][idx])
+    g = torch.randn_like(dense)
+    (grad,) = torch.autograd.grad(dense, table, g)
+    ref = torch.zeros_like(table).index_put_((torch.arange(3)[:, None, None], idx[None]), g, accumulate=True)
+    torch.testing.assert_close(grad, ref)
+
+
+@given(w=st.integers(2, 6), n=st.integers(1, 5), heads=st.integers(1, 3), d=st.sampled_from([4, 8]),
+       block=st.sampled_from([1, 7, 64, 1 << 19]))
+def test_cpu_sdpa_with_bias_gradient_matches_the_naive_reference(w, n, heads, d, block):
+    """The fused CPU path (torch's flash kernel + our blocked bias gradient): output and the gradients
+    of q, k, v and the RPB table against the readable per-window loop, for block sizes that split the
+    windows and the query rows in every way."""
+    import sr_layers.attention_backends as ab
+
+    torch.manual_seed(w * 100 + n * 10 + heads)
+    q, k, v = (torch.randn(n, heads, w * w, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    table = (torch.randn(heads, (2 * w - 1) ** 2, dtype=torch.float64) * 0.5).requires_grad_(True)
+    old = ab.BIAS_GRAD_BLOCK_ELEMENTS
+    ab.BIAS_GRAD_BLOCK_ELEMENTS = block
+    try:
+        out = biased_attention(q, k, v, table, w, backend="sdpa")
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v, table), g)
+    finally:
+        ab.BIAS_GRAD_BLOCK_ELEMENTS = old
+    ref = _naive_biased(q, k, v, gather_rpb(table, w))
+    ref_grads = torch.autograd.grad(ref, (q, k, v, table), g)
+    torch.testing.assert_close(out, ref)
+    for name, a, b in zip("q k v table".split(), grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "flex"])
+def test_cpu_training_path_keeps_no_windows_x_heads_score_map(backend):
+    """On the CPU the default (and "flex") path saves no (windows, heads, N, N) map for the backward:
+    the unfused math path does (its softmax output), which is what made big batches run out of memory."""
+    torch.manual_seed(10)
+    n, heads, w, d = 4, 2, 8, 16
+    q, k, v = (torch.randn(n, heads, w * w, d, requires_grad=True) for _ in range(3))
+    table = torch.randn(heads, (2 * w - 1) ** 2, requires_grad=True)
+    full_map = n * heads * (w * w) ** 2
+
+    def biggest_saved(b: str) -> int:
+        sizes = [0]
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            out = biased_attention(q, k, v, table, w, backend=b)
+        out.sum().backward()
+        return max(sizes)
+
+    assert biggest_saved("math") >= full_map  # the check can fail: the reference path keeps the map
+    assert biggest_saved(backend) < full_map
+    assert table.grad is not None and torch.isfinite(table.grad).all()
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attention_eager_agrees_with_math_on_cpu():

@@ -105,7 +105,8 @@ def test_esc_and_sst_presets_follow_the_official_options():
         assert not c["optim"]["muon"]["enabled"]
         assert c["optim"]["adamw"]["lr"] == 5e-4 and c["optim"]["adamw"]["betas"] == [0.9, 0.9]
         assert c["optim"]["adamw"]["weight_decay"] == 0
-        assert c["schedule"] == {"warmup_iters": 20000, "milestones": [250000, 400000, 450000, 475000, 490000], "gamma": 0.5}
+        assert c["schedule"] == {"warmup_iters": 20000, "milestones": [250000, 400000, 450000, 475000, 490000], "gamma": 0.5,
+                                 "rescale": False, "reference_iters": 500000}
         assert c["train"]["iters"] == 500000 and c["train"]["ema_decay"] == 0.999 and c["train"]["loss"] == "l1"
     esc4 = resolve_config("esc-light", preset="finetune-x4", sets=["model.init_from=a"])
     assert esc4["model"]["scale"] == 4 and esc4["train"]["iters"] == 500000 and esc4["optim"]["adamw"]["lr"] == 5e-4

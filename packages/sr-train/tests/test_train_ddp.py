@@ -29,6 +29,7 @@ def test_two_process_gloo_run(tmp_path):
     register_tiny_model()
     cfg = resolve_config(TINY_NAME, sets=[
         "data.patch_size=12", "data.batch_size=4", "train.iters=6", "optim.muon.enabled=true",
+        "train.threads=1", "train.accumulate=2",  # micro-batches of 1 per rank: no_sync on the first, all-reduce on the second
         "val.every=3", "val.max_images=2", "val.center_crop=16", "checkpoint.every=3", "log.every=2",
         "log.progress=false", "log.tensorboard=false", "train.device=cpu", f"out={tmp_path / 'run'}",
     ])

@@ -1,4 +1,5 @@
-"""LR schedule (BasicSR warm-up + multistep) and the EMA."""
+"""LR schedule (BasicSR warm-up + multistep, the short-run warning and rescaling), the EMA and its
+decay warm-up, and the CPU thread choice."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from sr_train.ema import ModelEMA
-from sr_train.schedule import WarmupMultiStepLR, lr_factor
+from sr_train.config import resolve_config
+from sr_train.cpu_threads import auto_threads, resolve_threads
+from sr_train.ema import ModelEMA, ema_decay_at
+from sr_train.schedule import WarmupMultiStepLR, effective_schedule, lr_factor, schedule_warning
 
 
 def test_lr_factor_warmup_and_milestones():
@@ -59,3 +62,88 @@ def test_ema_formula_params_only_and_buffers_copied():
     torch.testing.assert_close(ema.module.weight, torch.full((3,), 0.9 * 1.1 + 0.1 * 2.0))
     with pytest.raises(ValueError):
         ModelEMA(m, decay=1.0)
+
+
+def test_ema_decay_warmup_follows_the_num_updates_rule():
+    assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
+    assert ema_decay_at(90, 0.999, True) == pytest.approx(0.91)
+    assert ema_decay_at(8990, 0.999, True) == pytest.approx(8991 / 9000)
+    assert ema_decay_at(9000, 0.999, True) == 0.999
+    assert ema_decay_at(0, 0.999, False) == 0.999
+    # the issue's case: with 0.999 and no warm-up, 500 updates keep 0.999**500 = 61% of the start
+    assert 0.999**500 == pytest.approx(0.606, abs=1e-3)
+
+
+def test_ema_with_warmup_matches_a_reference_loop_and_counts_updates():
+    torch.manual_seed(0)
+    m = nn.Linear(3, 2)
+    ema = ModelEMA(m, decay=0.99, warmup=True)
+    ref = {k: v.detach().clone() for k, v in m.named_parameters()}
+    for t in range(30):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(torch.randn_like(p))
+        d = min(0.99, (1 + t) / (10 + t))
+        for k, p in m.named_parameters():
+            ref[k] = d * ref[k] + (1 - d) * p.detach()
+        assert ema.current_decay() == pytest.approx(d)
+        ema.update(m)
+    assert ema.updates == 30
+    for k, e in ema.module.named_parameters():
+        torch.testing.assert_close(e, ref[k])
+
+
+def test_schedule_warning_only_for_a_shortened_unscaled_run():
+    esc = resolve_config("esc-light", cli={"train": {"iters": 20}})["schedule"]
+    assert esc["reference_iters"] == 500000  # the recipe's length, not --iters
+    line = schedule_warning(esc, 20)
+    assert line is not None and "\n" not in line
+    for part in ("train.iters=20", "warm-up (20000 iterations)", "first lr milestone (250000)", "500000-iteration",
+                 "--set schedule.rescale=true"):
+        assert part in line, (part, line)
+    assert schedule_warning(esc, 500000) is None  # the full recipe
+    assert schedule_warning(esc, 300000) is None  # past the warm-up and the first milestone
+    assert "warm-up" not in (schedule_warning(esc, 20001) or "")  # only the milestone is left
+    assert schedule_warning({**esc, "rescale": True}, 20) is None
+    quick = resolve_config("esc-light", preset="quick", cli={"train": {"iters": 2000}})["schedule"]
+    assert quick["reference_iters"] == 20 and schedule_warning(quick, 2000) is None  # the issue's 2000-iteration run
+
+
+def test_rescale_scales_warmup_and_milestones_to_the_run():
+    esc = resolve_config("esc-light", cli={"train": {"iters": 5000}}, sets=["schedule.rescale=true"])
+    warmup, milestones = effective_schedule(esc["schedule"], 5000)
+    assert warmup == 200 and milestones == [2500, 4000, 4500, 4750, 4900]
+    # lr at the end of the short run equals the full recipe's lr at its end
+    kw = {"warmup_iters": warmup, "milestones": milestones, "gamma": 0.5}
+    assert lr_factor(5000, **kw) == lr_factor(500000, warmup_iters=20000, milestones=esc["schedule"]["milestones"],
+                                              gamma=0.5)
+    tiny = effective_schedule({**esc["schedule"]}, 5)
+    assert tiny[0] == 0 and len(tiny[1]) == 5 and min(tiny[1]) >= 1  # every milestone kept, none at 0
+    assert effective_schedule({**esc["schedule"], "rescale": False}, 5000) == (20000, esc["schedule"]["milestones"])
+
+
+def test_the_warning_is_printed_once_at_the_start(tmp_path, capsys):
+    from sr_train.cli import main
+    from sr_train.testing import register_tiny_model
+
+    name = register_tiny_model()
+    args = ["--model", name, "--iters", "2", "--set", "schedule.reference_iters=100", "--set", "schedule.warmup_iters=10",
+            "--set", "data.patch_size=8", "--set", "data.batch_size=2", "--set", "log.progress=false",
+            "--set", "log.tensorboard=false", "--set", "val.dataset=null"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("warning: train.iters=2 is below the warm-up (10 iterations)")
+    assert sum("warning:" in x for x in out) == 1
+    assert main([*args, "--out", str(tmp_path / "b"), "--set", "schedule.rescale=true"]) == 0
+    out = capsys.readouterr().out
+    assert "warning:" not in out and "schedule rescaled to 2 of 100 iterations: warm-up 0, milestones []" in out
+
+
+def test_auto_threads_leave_busy_cores_alone():
+    assert auto_threads(2, 0.1) == 2  # idle 2-core machine
+    assert auto_threads(2, 0.6) == 1
+    assert auto_threads(2, 8.0) == 1  # never below 1
+    assert auto_threads(16, 2.2, workers=4) == 10
+    assert auto_threads(16, 0.0, local_processes=8) == 2  # torchrun on one node
+    assert resolve_threads(3, workers=0) == (3, "train.threads")
+    assert resolve_threads("auto", workers=0, resumed=1)[0] == 1  # a resumed run keeps its count

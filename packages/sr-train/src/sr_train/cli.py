@@ -1,7 +1,7 @@
 """The ``sr-train`` command (also ``python -m sr_train``, e.g. under ``torchrun``).
 
 Bad input (unknown model or preset, missing data root, unusable dataset, incompatible resume,
-``--out`` naming a file) prints one line ``sr-train: error: ...`` to stderr and exits with status 2;
+``--out`` naming a file, a batch that the pre-flight memory check finds too big) prints one line ``sr-train: error: ...`` to stderr and exits with status 2;
 failures during training (a failed checkpoint write, out of memory including allocator failures,
 OS errors, anything unexpected) exit 1, also in one line, without a traceback
 (``SR_TRAIN_DEBUG=1`` shows one) and without overwriting earlier files. Ctrl-C or SIGTERM
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file merged over the preset")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set optim.adamw.lr=2e-4 (repeatable)")
-    p.add_argument("--iters", type=int, help="total training iterations (the schedule is NOT rescaled)")
+    p.add_argument("--iters", type=int, help="total training iterations (the warm-up and lr milestones are NOT "
+                   "rescaled unless --set schedule.rescale=true)")
     p.add_argument("--out", help="run directory (default runs/<model>_x<scale>_<preset>)")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="auto: continue from the newest checkpoint in --out (fresh start if none); or a checkpoint file")
@@ -235,9 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         minutes = (time.perf_counter() - t0) / 60
         print(f"done: {result.iteration} iterations in {minutes:.1f} min; run directory {result.run_dir}")
         if result.val:
-            print(f"validation ({cfg['val']['dataset']}): PSNR {result.val['psnr']:.3f} dB, SSIM {result.val['ssim']:.4f}")
+            line = f"validation ({cfg['val']['dataset']}): PSNR {result.val['psnr']:.3f} dB, SSIM {result.val['ssim']:.4f}"
+            if "psnr_raw" in result.val:
+                line += (f" (EMA weights); live weights PSNR {result.val['psnr_raw']:.3f} dB, "
+                         f"SSIM {result.val['ssim_raw']:.4f}")
+            print(line)
         if result.weights is not None:
-            print(f"weights: {result.weights} (load with sr_models.load_checkpoint)")
+            kind = "EMA" if cfg["train"]["ema_decay"] else "live"
+            print(f"weights: {result.weights} ({kind} weights; load with sr_models.load_checkpoint)")
         note = _recipe_note(cfg)
         if note:
             print(note)

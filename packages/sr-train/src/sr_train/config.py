@@ -8,6 +8,10 @@ A config is a plain nested dict. It is resolved in this order, later layers winn
 4. the named command-line options (``--scale``, ``--dataset``, ``--iters`` ...),
 5. ``--set a.b=value`` overrides (values parsed as YAML: ``1e-3``, ``[1, 2]``, ``null``, ``true``).
 
+``schedule.reference_iters``, when left None, becomes ``train.iters`` as layers 1-3 set it: the run
+length the preset's warm-up and milestones were written for (``schedule.rescale`` scales them by
+``train.iters / reference_iters``).
+
 A key that :data:`DEFAULTS` does not have is an error naming the key, except below the free-form
 sections in :data:`FREE_FORM` (model constructor overrides, dataset options, recipe notes).
 """
@@ -70,11 +74,27 @@ DEFAULTS: dict[str, Any] = {
         "warmup_iters": 0,  # linear warm-up from 0 over the first N iterations
         "milestones": [],  # absolute iterations after which the lr is multiplied by gamma
         "gamma": 0.5,
+        # true: warm-up and milestones are scaled by train.iters / reference_iters (a short run keeps
+        # the recipe's shape); false (the default): they stay absolute, as the recipe wrote them
+        "rescale": False,
+        "reference_iters": None,  # the run length the schedule was written for; None -> the preset's train.iters
     },
     "train": {
         "iters": 500000,
+        "accumulate": 1,  # micro-steps per iteration: data.batch_size stays the effective batch (split in K)
         "loss": "l1",  # l1|mse|charbonnier
         "ema_decay": 0.999,  # 0 or None disables the EMA (validation then uses the live weights)
+        # warm-up of the EMA decay: update t (0-based) uses min(ema_decay, (1 + t) / (10 + t)), so
+        # the average follows the live weights from the first steps (timm/TF style); it reaches
+        # 0.999 after ~9k iterations, so long recipes are unaffected. false: ema_decay from step 1
+        "ema_warmup": True,
+        # before the first step, measure one training step's memory at a small batch, scale it to
+        # the configured batch and stop with a one-line message when it cannot fit the free memory
+        "memory_check": True,
+        # CPU threads of the training process: auto -> the cores not already busy (1-minute load
+        # average) minus DataLoader workers, at least 1 (2 OpenMP threads on 2 busy cores run up to
+        # 6x slower than 1); a resumed run keeps its first run's count. An integer fixes it.
+        "threads": "auto",
         "precision": "fp32",  # fp32|bf16 (bf16 autocast; weights and optimizer state stay fp32)
         "seed": 0,  # global RNG seed; rank r uses seed + r
         "device": "auto",  # auto|cpu|cuda
@@ -293,11 +313,14 @@ def resolve_config(
     cfg["preset"] = preset_name
     if config_file is not None:
         merge_into(cfg, load_yaml_file(config_file), source=f"config file {str(config_file)!r}")
+    schedule_length = cfg["train"]["iters"]  # what the preset / config file wrote the schedule for
     if cli:
         merge_into(cfg, cli, source="command line")
     for item in sets:
         merge_into(cfg, parse_set(item), source=f"--set {item.partition('=')[0]}")
     cfg["model"]["name"] = model
+    if cfg["schedule"]["reference_iters"] is None:
+        cfg["schedule"]["reference_iters"] = _integral(schedule_length)
     validate_config(cfg)
     if cfg["out"] is None:
         cfg["out"] = str(Path("runs") / f"{model}_x{cfg['model']['scale']}_{preset_name or 'default'}")
@@ -319,7 +342,8 @@ def _num(v: Any) -> bool:
 
 _INT_KEYS = (
     "model.scale", "data.patch_size", "data.batch_size", "data.num_workers", "data.seed", "optim.muon.ns_steps",
-    "schedule.warmup_iters", "schedule.milestones", "train.iters", "train.seed", "val.every", "val.max_images",
+    "schedule.warmup_iters", "schedule.milestones", "schedule.reference_iters", "train.iters", "train.accumulate",
+    "train.seed", "val.every", "val.max_images",
     "val.center_crop", "val.tile", "log.every", "checkpoint.every", "checkpoint.keep_last",
 )
 
@@ -376,7 +400,18 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _check(isinstance(s["milestones"], list) and all(_int(x) and x > 0 for x in s["milestones"]),
            "schedule.milestones", "must be a list of positive integers", s["milestones"])
     _check(_num(s["gamma"]) and s["gamma"] > 0, "schedule.gamma", "must be a positive number", s["gamma"])
+    _check(isinstance(s["rescale"], bool), "schedule.rescale", "must be true or false", s["rescale"])
+    _check(s["reference_iters"] is None or (_int(s["reference_iters"]) and s["reference_iters"] > 0),
+           "schedule.reference_iters", "must be null or a positive integer", s["reference_iters"])
     _check(_int(t["iters"]) and t["iters"] > 0, "train.iters", "must be a positive integer", t["iters"])
+    _check(_int(t["accumulate"]) and t["accumulate"] >= 1, "train.accumulate", "must be an integer >= 1", t["accumulate"])
+    if d["batch_size"] % t["accumulate"]:
+        raise ConfigError(f"config key 'train.accumulate' ({t['accumulate']}) must divide data.batch_size "
+                          f"({d['batch_size']}): the batch is split into that many micro-batches")
+    _check(isinstance(t["ema_warmup"], bool), "train.ema_warmup", "must be true or false", t["ema_warmup"])
+    _check(isinstance(t["memory_check"], bool), "train.memory_check", "must be true or false", t["memory_check"])
+    _check(t["threads"] == "auto" or (_int(t["threads"]) and t["threads"] >= 1), "train.threads",
+           "must be 'auto' or a positive integer", t["threads"])
     _check(t["loss"] in ("l1", "mse", "charbonnier"), "train.loss", "must be l1, mse or charbonnier", t["loss"])
     _check(t["ema_decay"] is None or (_num(t["ema_decay"]) and 0 <= t["ema_decay"] < 1), "train.ema_decay",
            "must be null or a number in [0, 1)", t["ema_decay"])

@@ -17,3 +17,8 @@ class ResumeError(TrainError, ValueError):
 
 class CheckpointWriteError(TrainError, OSError):
     """Writing a checkpoint failed (e.g. a full disk); the previous checkpoints are left intact."""
+
+
+class MemoryCheckError(TrainError):
+    """The pre-flight check found that one training step cannot fit the free memory (the message
+    names the model, batch x patch, the estimate, the free memory and the fixes)."""

@@ -2,10 +2,13 @@
 checkpoints and logs, single-process or under torchrun/DDP.
 
 Order of events per iteration ``it`` (1-based): set the lr for ``it``; read batch ``it - 1`` of the
-resumable sampler; forward (bf16 autocast if asked), loss, backward, optional clipping, step; EMA
-update; log; validate (every ``val.every``); checkpoint (every ``checkpoint.every``). Everything
-that can fail on bad input (model, preset, data, resume checkpoint) is checked before the run
-directory is created or any file is written.
+resumable sampler; split it into ``train.accumulate`` micro-batches and for each run the forward
+(bf16 autocast if asked), the loss divided by the micro-step count and the backward (under DDP the
+gradients are all-reduced only on the last micro-step); optional clipping, step; EMA update; log;
+validate (every ``val.every``: the EMA and the live weights); checkpoint (every
+``checkpoint.every``). Everything that can fail on bad input (model, preset, data, resume
+checkpoint, a batch that cannot fit the free memory) is checked before the run directory is created
+or any file is written.
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ from sr_train.checkpoint import (
     save_checkpoint,
 )
 from sr_train.config import dump_config
+from sr_train.cpu_threads import apply_threads, resolve_threads
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
-from sr_train.errors import CheckpointWriteError, ConfigError, ResumeError, TrainError
+from sr_train.errors import CheckpointWriteError, ConfigError, MemoryCheckError, ResumeError, TrainError
 from sr_train.interrupt import StopRequest, TrainingInterrupted, ignore_stop_signals_in_worker
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
-from sr_train.schedule import WarmupMultiStepLR
+from sr_train.schedule import WarmupMultiStepLR, effective_schedule, schedule_warning
 from sr_train.validate import validate
 
 Log = Callable[[str], None]
@@ -59,7 +63,7 @@ class RunResult:
     iteration: int
     last_checkpoint: Path | None
     weights: Path | None
-    val: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)  # psnr/ssim (EMA if any), psnr_raw/ssim_raw with an EMA
     final_loss: float = float("nan")
     model: nn.Module | None = None  # the trained (unwrapped) model
     ema_model: nn.Module | None = None  # its EMA copy (None without EMA)
@@ -132,6 +136,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 (seeds the legacy global RNG other code may use)
     torch.manual_seed(seed)
+
+
+def export_metadata(ema: ModelEMA | None) -> dict[str, str]:
+    """Safetensors metadata naming which weights an export holds: ``sr_train_weights`` is ``ema`` (with
+    ``sr_train_ema_decay``, ``sr_train_ema_warmup`` and ``sr_train_ema_updates``) or ``raw``."""
+    if ema is None:
+        return {"sr_train_weights": "raw"}
+    return {"sr_train_weights": "ema", "sr_train_ema_decay": str(ema.decay), "sr_train_ema_warmup": str(ema.warmup).lower(),
+            "sr_train_ema_updates": str(ema.updates)}
 
 
 class MetricsLog:
@@ -240,18 +253,53 @@ def _interrupted(signame: str, done: int, iters: int, start: int, ckpt: Path | N
     return TrainingInterrupted(msg, iteration=done, checkpoint=ckpt, weights=weights)
 
 
+def _check_memory(cfg: dict[str, Any], env: DistEnv, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], autocast_dtype: torch.dtype | None,
+                  log: Log) -> None:
+    """The pre-flight memory check (:mod:`sr_train.memory`); MemoryCheckError on every rank if any rank
+    cannot fit one step. Skipped (with a note) where memory cannot be measured."""
+    from sr_train.memory import describe, free_memory, measure_step_memory, memory_message, plan_memory
+
+    d, t = cfg["data"], cfg["train"]
+    free = free_memory(env.device)
+    micro = d["batch_size"] // env.world_size // t["accumulate"]
+    ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()) if env.distributed else 0
+    step = None
+    if free is not None:
+        step = measure_step_memory(model, device=env.device, patch=d["patch_size"], scale=cfg["model"]["scale"],
+                                   micro_batch=micro, loss_fn=criterion, autocast_dtype=autocast_dtype,
+                                   optimizer=optimizer, extra_fixed_bytes=ddp_buckets, budget_bytes=free)
+    message = ""
+    if step is None or free is None:
+        log("memory check: skipped (the free or used memory of this device cannot be read)")
+    else:
+        plan = plan_memory(step, batch_size=d["batch_size"], world_size=env.world_size, accumulate=t["accumulate"],
+                           free_bytes=free)
+        if plan.fits:
+            log(describe(step, plan, env.device))
+        else:
+            message = memory_message(plan, model=cfg["model"]["name"], scale=cfg["model"]["scale"],
+                                     batch_size=d["batch_size"], patch=d["patch_size"], accumulate=t["accumulate"],
+                                     device=str(env.device))
+    if any_rank(bool(message), env):
+        raise MemoryCheckError(message or "not enough memory for one training step on another process")
+
+
 def train(cfg: dict[str, Any], *, resume: str | None = None, log: Log = print) -> RunResult:
     """Run the training described by the resolved config ``cfg`` (see :func:`sr_train.config.resolve_config`).
 
     ``resume``: None (fresh run; error if the run directory already has checkpoints), ``"auto"``
     (newest checkpoint of the run directory, fresh if none) or a checkpoint file / run directory.
-    Initialises and tears down the process group when launched by torchrun.
+    Initialises and tears down the process group when launched by torchrun. The torch thread count
+    set for the run (``train.threads``) is restored on return.
     """
     env = init_distributed(cfg["train"]["device"])
+    threads_before = torch.get_num_threads()
     try:
         return _train(cfg, env, resume=resume, log=log if env.is_main else (lambda _msg: None))
     finally:
         cleanup_distributed()
+        apply_threads(threads_before)
 
 
 def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -> RunResult:
@@ -260,15 +308,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
     run_dir = Path(cfg["out"])
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {str(run_dir)!r} is an existing file, not a directory; choose another --out")
-    if d_cfg["batch_size"] % env.world_size:
+    accumulate = t_cfg["accumulate"]
+    if d_cfg["batch_size"] % (env.world_size * accumulate):
         raise ConfigError(f"config key 'data.batch_size' ({d_cfg['batch_size']}) is the global batch and must "
-                          f"divide by the number of processes ({env.world_size})")
+                          f"divide by the number of processes ({env.world_size}) times train.accumulate ({accumulate})")
     per_rank_batch = d_cfg["batch_size"] // env.world_size
+    note = schedule_warning(s_cfg, t_cfg["iters"])
+    if note:
+        log(note)
 
     # --- everything that can fail on bad input, before anything is written
-    seed_everything(t_cfg["seed"] + env.rank)
-    model = build_model(cfg)
-    train_ds, val_ds = build_datasets(cfg)
     ckpt_state = None
     ckpt_path = None
     if resume is None:
@@ -286,6 +335,16 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             if ckpt_state["iteration"] >= t_cfg["iters"]:
                 raise ResumeError(f"checkpoint {str(ckpt_path)!r} is at iteration {ckpt_state['iteration']}, "
                                   f"not before train.iters={t_cfg['iters']}; raise --iters to train further")
+    threads = None
+    if env.device.type == "cpu" or t_cfg["threads"] != "auto":
+        threads, why = resolve_threads(t_cfg["threads"], workers=d_cfg["num_workers"],
+                                       resumed=(ckpt_state or {}).get("threads"))
+        apply_threads(threads)
+        if env.device.type == "cpu":
+            log(f"CPU threads: {threads} ({why}; --set train.threads=N to choose)")
+    seed_everything(t_cfg["seed"] + env.rank)
+    model = build_model(cfg)
+    train_ds, val_ds = build_datasets(cfg)
     if ckpt_state is None and cfg["model"]["init_from"]:
         from sr_train.transfer import load_init_weights
 
@@ -294,10 +353,13 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             f"interpolated across scales, {len(rep['skipped'])} skipped, {len(rep['missing'])} missing")
 
     model.to(env.device)
-    ema = ModelEMA(model, t_cfg["ema_decay"]) if t_cfg["ema_decay"] else None
+    ema = ModelEMA(model, t_cfg["ema_decay"], warmup=t_cfg["ema_warmup"]) if t_cfg["ema_decay"] else None
     optimizer = build_optimizer(model, o_cfg)
-    scheduler = WarmupMultiStepLR(optimizer, warmup_iters=s_cfg["warmup_iters"], milestones=s_cfg["milestones"],
-                                  gamma=s_cfg["gamma"])
+    warmup_iters, milestones = effective_schedule(s_cfg, t_cfg["iters"])
+    if s_cfg["rescale"]:
+        log(f"schedule rescaled to {t_cfg['iters']} of {s_cfg['reference_iters']} iterations: warm-up {warmup_iters}, "
+            f"milestones {milestones}")
+    scheduler = WarmupMultiStepLR(optimizer, warmup_iters=warmup_iters, milestones=milestones, gamma=s_cfg["gamma"])
     start = 0
     if ckpt_state is not None:
         try:
@@ -309,6 +371,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             raise ResumeError(f"checkpoint {str(ckpt_path)!r} does not fit this model/optimizer: "
                               f"{str(exc).splitlines()[0]}") from None
         scheduler.load_state_dict(ckpt_state["scheduler"])
+        if ema is not None:  # one EMA update per iteration (checkpoints before the warm-up had no counter)
+            ema.updates = int(ckpt_state.get("ema_updates", ckpt_state["iteration"]))
         rngs = ckpt_state["rng"]
         restore_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
         start = int(ckpt_state["iteration"])
@@ -319,6 +383,11 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         if ckpt_state.get("world_size", 1) != env.world_size:
             log(f"warning: checkpoint written with {ckpt_state.get('world_size')} processes, resuming with "
                 f"{env.world_size}: the data order differs from an uninterrupted run")
+
+    criterion = loss_function(t_cfg["loss"])
+    autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
+    if t_cfg["memory_check"]:
+        _check_memory(cfg, env, model, optimizer, criterion, autocast_dtype, log)
 
     # --- the run directory (rank 0 writes)
     if env.is_main:
@@ -332,7 +401,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             "(they were logged after the checkpoint); TensorBoard hides the events after it too")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {name} x{scale}: {n_params:,} parameters; preset {cfg['preset']}; device {env.device}; "
-        f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches")
+        f"{env.world_size} process(es); global batch {d_cfg['batch_size']} of {d_cfg['patch_size']}x{d_cfg['patch_size']} LR patches"
+        + (f" in {accumulate} micro-steps" if accumulate > 1 else ""))
     log(describe_groups(optimizer.param_groups))
     log(f"run directory: {run_dir}" + (f" (resuming from {ckpt_path} at iteration {start})" if start else ""))
 
@@ -350,8 +420,6 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                         generator=torch.Generator().manual_seed(d_cfg["seed"] + env.rank),
                         worker_init_fn=ignore_stop_signals_in_worker)
     batches = iter(loader)
-    criterion = loss_function(t_cfg["loss"])
-    autocast_dtype = torch.bfloat16 if t_cfg["precision"] == "bf16" else None
     eval_model = ema.module if ema is not None else model
 
     def run_validation(it: int) -> dict[str, float]:
@@ -359,9 +427,15 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             return {}
         with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
             res = validate(eval_model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
-        log(f"[iter {it}] validation ({v_cfg['dataset']}, {res['images']} images, {'EMA' if ema else 'live'} weights): "
-            f"PSNR {res['psnr']:.3f} dB  SSIM {res['ssim']:.4f}")
-        metrics.write(it, {"psnr": res["psnr"], "ssim": res["ssim"]}, "val")
+            if ema is not None:  # the live weights too: a young EMA can trail them by several dB
+                raw = validate(model, val_ds, scale=scale, env=env, val_cfg=v_cfg, precision=t_cfg["precision"])
+                res = {**res, "psnr_raw": raw["psnr"], "ssim_raw": raw["ssim"]}
+        line = (f"[iter {it}] validation ({v_cfg['dataset']}, {res['images']} images): "
+                f"{'EMA' if ema else 'live'} weights PSNR {res['psnr']:.3f} dB  SSIM {res['ssim']:.4f}")
+        if ema is not None:
+            line += f"; live weights PSNR {res['psnr_raw']:.3f} dB  SSIM {res['ssim_raw']:.4f}"
+        log(line)
+        metrics.write(it, {k: res[k] for k in ("psnr", "ssim", "psnr_raw", "ssim_raw") if k in res}, "val")
         return res
 
     weights_path = run_dir / "weights" / f"{name}_x{scale}.safetensors"
@@ -373,16 +447,18 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         if env.is_main:
             state = {
                 "format": "sr-train", "format_version": FORMAT_VERSION, "model_name": name, "scale": scale,
-                "iteration": it, "world_size": env.world_size, "config": cfg,
+                "iteration": it, "world_size": env.world_size, "threads": threads, "config": cfg,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "ema": ema.state_dict() if ema is not None else None,
+                "ema_updates": ema.updates if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
             }
             try:
                 path = save_checkpoint(run_dir, it, state, keep_last=c_cfg["keep_last"])
                 if c_cfg["export_safetensors"]:
                     export_weights(eval_model, weights_path, extra_metadata={
-                        "sr_train_iteration": str(it), "sr_train_config": json.dumps(cfg)})
+                        "sr_train_iteration": str(it), "sr_train_config": json.dumps(cfg),
+                        **export_metadata(ema)})
             except CheckpointWriteError as exc:
                 error = str(exc)
         if any_rank(bool(error), env):
@@ -414,13 +490,22 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         for it in range(start + 1, iters + 1):
             scheduler.set_iteration(it)
             batch = next(batches)
-            lr_img = batch["lr"].to(env.device, non_blocking=True)
-            hr_img = batch["hr"].to(env.device, non_blocking=True)
-            with torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                sr = train_model(lr_img)
-            loss = criterion(sr.float(), hr_img)
+            lr_parts = batch["lr"].to(env.device, non_blocking=True).chunk(accumulate)
+            hr_parts = batch["hr"].to(env.device, non_blocking=True).chunk(accumulate)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros((), device=env.device)
+            for k, (lr_img, hr_img) in enumerate(zip(lr_parts, hr_parts, strict=True)):
+                # DDP all-reduces the gradients on the last micro-step only
+                sync = k == accumulate - 1 or not env.distributed
+                with contextlib.nullcontext() if sync else train_model.no_sync():  # type: ignore[operator]
+                    with torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32,
+                                        enabled=autocast_dtype is not None):
+                        sr = train_model(lr_img)
+                    micro_loss = criterion(sr.float(), hr_img)
+                    if accumulate > 1:  # equal micro-batches: the mean of their means is the batch mean
+                        micro_loss = micro_loss / accumulate
+                    micro_loss.backward()
+                loss += micro_loss.detach()
             if o_cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o_cfg["grad_clip"])
             optimizer.step()
