@@ -16,7 +16,8 @@ def test_default_recipe(model: str, dataset: str, batch: int) -> None:
     assert (c["data"]["batch_size"], c["data"]["patch_size"]) == (batch, 64)
     assert not c["optim"]["muon"]["enabled"]
     assert c["optim"]["adamw"]["lr"] == 2e-4 and c["optim"]["adamw"]["betas"] == [0.9, 0.99]
-    assert c["schedule"] == {"warmup_iters": 0, "milestones": [250000, 400000, 450000, 475000], "gamma": 0.5}
+    sched = {k: c["schedule"][k] for k in ("warmup_iters", "milestones", "gamma")}
+    assert sched == {"warmup_iters": 0, "milestones": [250000, 400000, 450000, 475000], "gamma": 0.5}
     assert c["train"]["iters"] == 500000 and c["train"]["loss"] == "l1" and c["train"]["ema_decay"] == 0.999
     assert c["recipe"]["dataset"] == dataset
 
