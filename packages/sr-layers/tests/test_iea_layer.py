@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sr_kernels
 from sr_layers.iea import IEAState, IEAttention, first_non_self
@@ -457,3 +459,73 @@ def test_iet_light_head_dim_18_layers_agree_on_every_backend(backend: str, monke
         assert torch.equal(a, e)
     for name, e in grads_ref.items():
         torch.testing.assert_close(grads[name], e, rtol=1e-4, atol=1e-4, msg=lambda s_, name=name: f"{name}: {s_}")
+
+
+def _fused_vs_composed_chain(use_fused: bool, seed: int, heads: int, head_dim: int, on_selected: bool,
+                             shared_bias: bool):  # type: ignore[no-untyped-def]
+    """A bias layer on a DLSG list, an expansion layer with a prior and a last layer; returns the
+    outputs, the lists handed on and every parameter gradient."""
+    torch.manual_seed(seed)
+    hgt, wid, local, samples, d = 6, 7, 3, 2, 2
+    n, c = hgt * wid, heads * head_dim
+    index = sr_kernels.dlsg_index(hgt, wid, local=local, samples=samples, dilation=d)
+    ids = dlsg_bias_ids(index, hgt, wid, local=local, samples=samples, dilation=d)
+    kk = index.shape[1]
+    kw = {"av_on_selected": on_selected}
+    l1 = IEAttention(c, heads, _plan(kk, 9, use_rpb=True), rpb_rows=rpb_table_size(local, samples),
+                     rpb_shared_heads=shared_bias, **kw)
+    l2 = IEAttention(c, heads, _plan(9, 6, expand=(3, 2, 12), has_prior=True), **kw)
+    l3 = IEAttention(c, heads, _plan(12, 2), **kw)
+    layers = (l1, l2, l3)
+    for layer in layers:
+        layer.use_fused_op = use_fused
+    x = torch.randn(2, n, c)
+    state = IEAState(index.view(1, 1, n, kk).expand(2, 1, n, kk), None, ids.view(1, 1, n, kk).expand(2, 1, n, kk))
+    outs, lists = [], []
+    for i, layer in enumerate(layers):
+        o, state_next, top1 = layer(x, (hgt, wid), state, last=i == len(layers) - 1)
+        outs.append(o)
+        lists.append(top1)
+        if state_next is not None:
+            lists.append(state_next.index)
+            if state_next.bias_ids is not None:
+                lists.append(state_next.bias_ids)
+        state = state_next
+    g = torch.Generator().manual_seed(seed + 1)
+    sum((o * torch.randn(o.shape, generator=g)).sum() for o in outs).backward()
+    grads = {f"l{i}.{k}": p.grad for i, m in enumerate(layers) for k, p in m.named_parameters()}
+    return outs, lists, grads
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**20), heads=st.sampled_from([1, 2, 3]), head_dim=st.sampled_from([8, 18, 40]),
+       on_selected=st.booleans(), shared_bias=st.booleans())
+def test_fused_op_layer_equals_the_composition(backend: str, seed: int, heads: int, head_dim: int,
+                                              on_selected: bool, shared_bias: bool) -> None:
+    """IEAttention on sr_kernels.iea_attention (the default) computes what the unfused composition
+    computes: outputs and gradients to fp32 rounding, identical candidate lists (random float inputs:
+    exact ties in the probabilities have probability zero), on the torch path and on Triton."""
+    import os
+
+    from sr_kernels._dispatch import interpreter_enabled
+
+    if backend == "triton" and not (torch.cuda.is_available() or interpreter_enabled()):
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    old = os.environ.get("SR_KERNELS_BACKEND")
+    os.environ["SR_KERNELS_BACKEND"] = backend
+    try:
+        ref = _fused_vs_composed_chain(False, seed, heads, head_dim, on_selected, shared_bias)
+        got = _fused_vs_composed_chain(True, seed, heads, head_dim, on_selected, shared_bias)
+    finally:
+        if old is None:
+            os.environ.pop("SR_KERNELS_BACKEND")
+        else:
+            os.environ["SR_KERNELS_BACKEND"] = old
+    for a, e in zip(got[0], ref[0]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    for a, e in zip(got[1], ref[1]):
+        assert torch.equal(a, e)
+    assert got[2].keys() == ref[2].keys()
+    for name, e in ref[2].items():
+        torch.testing.assert_close(got[2][name], e, rtol=1e-4, atol=1e-4, msg=lambda s_, name=name: f"{name}: {s_}")

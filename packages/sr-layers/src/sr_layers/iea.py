@@ -86,9 +86,16 @@ class IEAttention(nn.Module):
     ``check_index`` (class attribute, default False): let the sparse ops validate index values. The
     lists come from ``dlsg_index`` / ``topk_select`` / ``expand_two_hop`` and are valid by
     construction; the check costs a host sync per op (and cannot run on meta tensors).
+
+    ``use_fused_op`` (class attribute, default True): run steps 2-4 as one fused op,
+    ``sr_kernels.iea_attention`` (one Triton kernel on CUDA, which writes no (B, H, N, K) tensor in the
+    forward pass; its torch path on the CPU). False runs the readable composition
+    ``gather_scores -> log_softmax -> gather_values / topk_select``, kept as the oracle the fused op is
+    tested against (``tests/test_iea_layer.py``).
     """
 
     check_index: bool = False
+    use_fused_op: bool = True
 
     def __init__(
         self,
@@ -122,22 +129,57 @@ class IEAttention(nn.Module):
             self.rpb = None
             self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
 
+    def _rpb_bias(self, state: IEAState) -> torch.Tensor | None:
+        """The first block's slot-indexed bias, (B, Hi or H, N, K) float, or None in LePE layers."""
+        if self.rpb is None:
+            return None
+        if state.bias_ids is None:
+            raise ValueError("a layer with the relative position bias needs state.bias_ids")
+        ids = state.bias_ids
+        if self.rpb.shape[1] == 1:
+            return self.rpb[:, 0][ids]  # (B, Hi, N, K)
+        rows = self.rpb.shape[0]
+        offs = torch.arange(self.num_heads, device=ids.device, dtype=ids.dtype).view(1, -1, 1, 1) * rows
+        return self.rpb.t().reshape(-1)[ids + offs]  # (B, H, N, K)
+
     def _bias(self, state: IEAState, b: int, n: int) -> torch.Tensor | None:
-        bias = None
-        if self.rpb is not None:
-            if state.bias_ids is None:
-                raise ValueError("a layer with the relative position bias needs state.bias_ids")
-            ids = state.bias_ids
-            if self.rpb.shape[1] == 1:
-                bias = self.rpb[:, 0][ids]  # (B, Hi, N, K)
-            else:
-                rows = self.rpb.shape[0]
-                offs = torch.arange(self.num_heads, device=ids.device, dtype=ids.dtype).view(1, -1, 1, 1) * rows
-                bias = self.rpb.t().reshape(-1)[ids + offs]  # (B, H, N, K)
-            bias = bias.expand(b, self.num_heads, n, ids.shape[-1])
+        """The bias and the prior summed, (B, H, N, K), for the composition path."""
+        bias = self._rpb_bias(state)
+        if bias is not None:
+            bias = bias.expand(b, self.num_heads, n, state.index.shape[-1])
         if state.prior is not None:
             bias = state.prior if bias is None else bias + state.prior
         return bias
+
+    def _attend_composed(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: IEAState, keep: int, on_selected: bool,
+        want_slots: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Steps 2-4 as separate sparse ops (the oracle of the fused op). Returns (out (B, H, N, D),
+        kept_idx (B, H, N, keep), kept_logp (B, H, N, keep), kept_slot or None)."""
+        b, _, n, _ = q.shape
+        index = state.index
+        scores = sr_kernels.gather_scores(
+            q, k, index, scale=self.scale, bias=self._bias(state, b, n), check_index=self.check_index
+        )
+        # every row has a live slot (the DLSG window holds the token itself; kept lists are never
+        # empty), so log_softmax is finite; it keeps only its output for the backward pass
+        logp = torch.log_softmax(scores, dim=-1)
+        del scores  # O(N K) buffers are released as soon as they are dead (peak memory)
+        out = None
+        if not on_selected:  # all K (the last layer, or the av_on_selected=False ablation)
+            out = sr_kernels.gather_values(logp.exp(), v, index, check_index=self.check_index)
+        kept_slot = None
+        if want_slots:
+            kept_logp, kept_idx, kept_slot = sr_kernels.topk_select(
+                logp, index, keep, return_slots=True, check_index=self.check_index
+            )
+        else:
+            kept_logp, kept_idx = sr_kernels.topk_select(logp, index, keep, check_index=self.check_index)
+        del logp
+        if out is None:  # the paper's rule (Eq. 3-4, as in PFT): only the kept k_s, not renormalised
+            out = sr_kernels.gather_values(kept_logp.exp(), v, kept_idx, check_index=self.check_index)
+        return out, kept_idx, kept_logp, kept_slot
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, int], state: IEAState, *, last: bool = False
@@ -151,36 +193,24 @@ class IEAttention(nn.Module):
         if index.dim() != 4 or index.shape[0] != b or index.shape[2] != n:
             raise ValueError(f"state.index must have shape ({b}, Hi, {n}, K), got {tuple(index.shape)}")
         q, k, v = rearrange(self.qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.num_heads)
-        scores = sr_kernels.gather_scores(
-            q, k, index, scale=self.scale, bias=self._bias(state, b, n), check_index=self.check_index
-        )
-        # every row has a live slot (the DLSG window holds the token itself; kept lists are never
-        # empty), so log_softmax is finite; it keeps only its output for the backward pass
-        logp = torch.log_softmax(scores, dim=-1)
-        del scores  # O(N K) buffers are released as soon as they are dead (peak memory)
         plan = self.plan
         keep = plan.keep
         on_selected = self.av_on_selected and not last and keep < index.shape[-1]
-        if not on_selected:  # all K (the last layer, or the av_on_selected=False ablation)
-            p = logp.exp()
-            out = sr_kernels.gather_values(p, v, index, check_index=self.check_index)
-            del p
-
-        # sparsification: the top `keep` candidates per row, sorted best first. In the bias block the
-        # kept slot positions are returned too, so the bias ids follow their candidates.
-        kept_bias = None
-        if state.bias_ids is not None and not last:
-            kept_logp, kept_idx, kept_slot = sr_kernels.topk_select(
-                logp, index, keep, return_slots=True, check_index=self.check_index
+        # in the bias block the kept slot positions come back too, so the bias ids follow their candidates
+        want_slots = state.bias_ids is not None and not last
+        if self.use_fused_op:
+            res = sr_kernels.iea_attention(
+                q, k, v, index, keep=keep, scale=self.scale, bias=self._rpb_bias(state), prior=state.prior,
+                av_on_selected=on_selected, return_slots=want_slots, check_index=self.check_index,
             )
+            out, kept_idx, kept_logp, kept_slot = res.out, res.kept_index, res.kept_logp, res.kept_slot
+        else:
+            out, kept_idx, kept_logp, kept_slot = self._attend_composed(q, k, v, state, keep, on_selected, want_slots)
+        kept_bias = None
+        if want_slots:
             kk = index.shape[-1]
             kept_bias = torch.gather(state.bias_ids.expand(b, self.num_heads, n, kk), 3, kept_slot.clamp_min(0))
             del kept_slot
-        else:
-            kept_logp, kept_idx = sr_kernels.topk_select(logp, index, keep, check_index=self.check_index)
-        del logp
-        if on_selected:  # the paper's rule (Eq. 3-4, as in PFT): only the kept k_s, not renormalised
-            out = sr_kernels.gather_values(kept_logp.exp(), v, kept_idx, check_index=self.check_index)
         out = rearrange(out, "b h n d -> b n (h d)")
         if self.lepe is not None:
             # token-major (B, N, C) viewed as an image is channels_last, the fast depthwise-conv layout
