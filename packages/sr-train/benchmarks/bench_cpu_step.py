@@ -50,32 +50,15 @@ def _status_mb(key: str) -> float:
 def worker(model: str, batch: int, patch: int, warmup: int, steps: int, threads: int) -> dict[str, Any]:
     """Build ``model`` with its quick preset's optimizer and time ``steps`` training steps (run in a subprocess)."""
     import torch
-    import torch.nn.functional as F
 
     if threads > 0:
         torch.set_num_threads(threads)
+    from _train_step import make_train_step
+
     import sr_layers
-    from sr_train.config import resolve_config
-    from sr_train.ema import ModelEMA
-    from sr_train.optim import build_optimizer
-    from sr_train.trainer import build_model
 
-    cfg = resolve_config(model, preset="quick")
-    torch.manual_seed(0)
-    net = build_model(cfg).train()
-    opt = build_optimizer(net, cfg["optim"])
-    ema = ModelEMA(net, 0.999)
-    scale = cfg["model"]["scale"]
-    lr = torch.rand(batch, 3, patch, patch)
-    hr = torch.rand(batch, 3, patch * scale, patch * scale)
+    step = make_train_step(model, batch, patch)
     built = _status_mb("VmRSS")
-
-    def step() -> None:
-        loss = F.l1_loss(net(lr), hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(net)
 
     for _ in range(warmup):
         step()

@@ -23,30 +23,12 @@ from typing import Any
 def worker(model: str, batch: int, patch: int, threads: int, top: int) -> dict[str, Any]:
     """Profile one step of ``model``; the ``top`` ops by self CPU time."""
     import torch
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(threads)
-    from sr_train.config import resolve_config
-    from sr_train.ema import ModelEMA
-    from sr_train.optim import build_optimizer
-    from sr_train.trainer import build_model
+    from _train_step import make_train_step
 
-    cfg = resolve_config(model, preset="quick")
-    torch.manual_seed(0)
-    net = build_model(cfg).train()
-    opt = build_optimizer(net, cfg["optim"])
-    ema = ModelEMA(net, 0.999)
-    s = cfg["model"]["scale"]
-    lr, hr = torch.rand(batch, 3, patch, patch), torch.rand(batch, 3, patch * s, patch * s)
-
-    def step() -> None:
-        loss = F.l1_loss(net(lr), hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(net)
-
+    step = make_train_step(model, batch, patch)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
