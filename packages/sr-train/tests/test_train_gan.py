@@ -199,3 +199,45 @@ def test_adversarial_loss_alone_moves_the_generator(tmp_path) -> None:
     init = build_model(cfg).state_dict()
     final = load_checkpoint_file(list_checkpoints(tmp_path / "adv")[-1][1])["model"]
     assert any(not torch.equal(init[k], final[k]) for k in init)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_process_gan_run_keeps_both_networks_in_sync(tmp_path) -> None:
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    from sr_train.testing import TINY_NAME, ddp_worker
+
+    register_tiny_model()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = resolve_config(TINY_NAME, preset="quick-gan", sets=[
+        "data.patch_size=8", "data.batch_size=4", "train.accumulate=2", "train.iters=4", "gan.num_feat=8",
+        "degradation.pool_size=2", "checkpoint.every=2", "val.max_images=2", "val.center_crop=16", "train.threads=1",
+        "train.memory_check=false", "log.progress=false", "log.tensorboard=false", "train.device=cpu",
+        f"out={tmp_path / 'run'}"])
+    ctx = mp.start_processes(ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 150
+    try:
+        while not ctx.join(timeout=2):
+            if time.monotonic() > deadline:
+                pytest.fail("DDP GAN run did not finish in 150 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    for key in ("model", "discriminator"):
+        for name, t in r0[key].items():
+            assert torch.equal(t, r1[key][name]), f"{key}.{name}"
+    state = load_checkpoint_file(list_checkpoints(tmp_path / "run")[-1][1])
+    rngs = state["gan"]["degradation_rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0], rngs[1])  # each rank degrades its own images
+    assert len(state["gan"]["pool"]) == 2
+    for name, t in state["gan"]["net_d"].items():
+        assert torch.equal(t, r0["discriminator"][name])

@@ -68,6 +68,7 @@ class RunResult:
     final_loss: float = float("nan")
     model: nn.Module | None = None  # the trained (unwrapped) model
     ema_model: nn.Module | None = None  # its EMA copy (None without EMA)
+    discriminator: nn.Module | None = None  # real-world GAN training's discriminator (sr_train.gan)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -577,4 +578,5 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         metrics.close()
     return RunResult(run_dir=run_dir, iteration=iters, last_checkpoint=last_ckpt,
                      weights=weights_path if c_cfg["export_safetensors"] else None, val=val_res, final_loss=loss_val,
-                     model=model, ema_model=ema.module if ema is not None else None)
+                     model=model, ema_model=ema.module if ema is not None else None,
+                     discriminator=stage.net_d if stage is not None else None)
