@@ -307,3 +307,23 @@ def test_pair_pool_mixes_and_keeps_pairs_aligned() -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(ValueError, match="multiple of the batch size"):
         PairPool(5)(x, y, g)
+
+
+def test_resize_draws_follow_resize_prob_and_range() -> None:
+    from sr_data.degradations.pipeline import random_resize_factor
+
+    g = _gen(11)
+    f = torch.tensor([random_resize_factor(SETTINGS.first, g) for _ in range(2000)])
+    up, down, keep = float((f > 1).float().mean()), float((f < 1).float().mean()), float((f == 1).float().mean())
+    assert abs(up - 0.2) < 0.03 and abs(down - 0.7) < 0.03 and abs(keep - 0.1) < 0.02  # resize_prob
+    assert f.min() >= 0.15 and f.max() <= 1.5
+
+
+def test_random_kernel_families_and_sizes_are_drawn_by_their_probabilities() -> None:
+    # isotropic Gaussian only: every kernel is separable (rank 1) with the drawn side; sinc only: ringing (< 0)
+    iso = random_blur_kernels(64, BlurSettings(kernel_list=("iso",), kernel_prob=(1.0,), sinc_prob=0.0), _gen(5))
+    assert all(int(torch.linalg.matrix_rank(k.double(), atol=1e-7)) == 1 for k in iso)
+    sides = {int((k.sum(0) > 0).sum()) for k in iso}
+    assert sides <= set(range(7, 22, 2)) and len(sides) > 4
+    sinc = random_blur_kernels(16, BlurSettings(sinc_prob=1.0), _gen(5))
+    assert (sinc.amin(dim=(1, 2)) < 0).all()

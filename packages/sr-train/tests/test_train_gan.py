@@ -131,6 +131,9 @@ def test_presets_resolve_with_the_papers_numbers() -> None:
     assert q["loss"]["perceptual"]["weights"] == "random" and q["train"]["iters"] == 20
     with pytest.raises(ConfigError, match=r"loss.usm_targets"):
         resolve_config("esc-real", preset="quick-gan", sets=["loss.usm_targets=[colour]"])
+    with pytest.raises(ConfigError, match="all 0"):
+        resolve_config("esc-real", preset="quick-gan", sets=["loss.pixel_weight=0", "loss.perceptual_weight=0",
+                                                             "loss.adversarial_weight=0"])
     with pytest.raises(ConfigError, match="divisible by 8"):
         resolve_config("esc-real", preset="quick-gan", sets=["data.patch_size=15"])
 
@@ -241,3 +244,11 @@ def test_two_process_gan_run_keeps_both_networks_in_sync(tmp_path) -> None:
     assert len(state["gan"]["pool"]) == 2
     for name, t in state["gan"]["net_d"].items():
         assert torch.equal(t, r0["discriminator"][name])
+
+
+@pytest.mark.parametrize("model", ["iet", "iet-light", "esc", "esc-light", "sst", "sscan"])
+def test_other_recipes_stay_plain_pixel_training(model: str) -> None:
+    from sr_train.gan_config import realworld_enabled
+
+    cfg = resolve_config(model)
+    assert not realworld_enabled(cfg) and not realworld_enabled(resolve_config(model, preset="quick"))

@@ -59,6 +59,9 @@ def validate_realworld(cfg: dict[str, Any]) -> None:
            "must be null or an integer", d["seed"])
     for key in ("pixel_weight", "perceptual_weight", "adversarial_weight"):
         _check(_num(lo[key]) and lo[key] >= 0, f"loss.{key}", "must be a number >= 0", lo[key])
+    if not (lo["pixel_weight"] or lo["perceptual_weight"] or lo["adversarial_weight"]):
+        raise ConfigError("config keys 'loss.pixel_weight', 'loss.perceptual_weight' and 'loss.adversarial_weight' "
+                          "are all 0: nothing to train")
     _check(isinstance(lo["usm_targets"], list) and all(t in USM_TARGETS for t in lo["usm_targets"]), "loss.usm_targets",
            f"must be a list of {', '.join(USM_TARGETS)}", lo["usm_targets"])
     p = lo["perceptual"]
