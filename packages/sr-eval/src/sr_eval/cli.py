@@ -151,6 +151,13 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="write into <out>/<name>/ even if it exists, replacing its tables")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
+    p.add_argument("--real", action="store_true",
+                   help="real-world mode: --data-root is a folder of LR-only images (RealSRSet layout), scored with "
+                   "no-reference metrics (sr_eval.real)")
+    p.add_argument("--nr-metrics", default="niqe", help="with --real: comma-separated niqe,musiq,maniqa (pyiqa; default niqe)")
+    p.add_argument("--nr-weights", default=None, metavar="NAME=PATH,...",
+                   help="with --real: the metrics' parameter files (default: pyiqa's cache under the torch hub folder)")
+    p.add_argument("--save-images", action="store_true", help="with --real: also write the SR images to <run>/images/")
     return p
 
 
@@ -267,6 +274,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         print("\n".join(list_models()))
         return 0
     _check_common(args)
+    if args.real:
+        from sr_eval.real import evaluate_real
+
+        return evaluate_real(args)
     from sr_data.datasets import EVAL_SETS
 
     names = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]

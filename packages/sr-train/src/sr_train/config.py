@@ -118,9 +118,39 @@ DEFAULTS: dict[str, Any] = {
         "export_safetensors": True,  # EMA weights with model name, scale and config as metadata
     },
     "recipe": {},  # notes on the full recipe (dataset, GPUs, hours), printed at the end of a run
+    # real-world training (Real-ESRGAN degradation, perceptual and adversarial losses): sr_train.gan_config
+    "degradation": {
+        "preset": None,  # null: the dataset's LR; realesrgan-x4plus (sr-data) or a YAML file: LR made on the device
+        "overrides": {},  # keys of the degradation preset (its scale follows model.scale)
+        "sharpen_input": True,  # degrade the USM-sharpened HR (Real-ESRGAN and Real-ESRNet)
+        "pool_size": 0,  # Real-ESRGAN's training pair pool (queue_size 180); 0: off
+        "seed": None,  # degradation generator seed; null: train.seed (rank r adds r)
+    },
+    "loss": {
+        "pixel_weight": 1.0,  # weight of train.loss
+        "perceptual_weight": 0.0,  # VGG19 perceptual loss (Real-ESRGAN: 1.0)
+        "adversarial_weight": 0.0,  # vanilla GAN loss with the U-Net discriminator (Real-ESRGAN: 0.1)
+        "usm_targets": [],  # losses whose target is the USM-sharpened HR: pixel, perceptual, adversarial
+        "perceptual": {
+            "weights": None,  # VGG19 weights file; null: torchvision's cache; random: tests only
+            "layer_weights": {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0},
+            "criterion": "l1",
+            "input_norm": True,  # ImageNet mean/std
+            "range_norm": False,  # map [-1, 1] to [0, 1] first
+        },
+    },
+    "gan": {  # Real-ESRGAN's UNetDiscriminatorSN and its Adam (lr follows the generator's schedule)
+        "num_feat": 64,
+        "skip_connection": True,
+        "lr": 1.0e-4,
+        "betas": [0.9, 0.99],
+        "eps": 1.0e-8,
+        "weight_decay": 0.0,
+    },
 }
 
-FREE_FORM: frozenset[str] = frozenset({"model.overrides", "data.options", "recipe"})
+FREE_FORM: frozenset[str] = frozenset({"model.overrides", "data.options", "recipe", "degradation.overrides",
+                                       "loss.perceptual.layer_weights"})
 PRESET_META_KEYS: frozenset[str] = frozenset({"description", "applies_to", "default_for", "extends"})
 _PRESET_PACKAGE = "sr_train.presets"
 
@@ -274,15 +304,18 @@ def find_preset(model: str, preset: str | None) -> str | None:
 
 def preset_layers(model: str, name: str) -> list[tuple[str, dict[str, Any]]]:
     """The (name, mapping) layers a preset expands to: ``extends: default`` puts the model's default
-    preset first. Meta keys are removed."""
+    preset first, ``extends: <preset name>`` that preset (e.g. quick-gan over esc-real-gan). Meta keys
+    are removed."""
     raw = load_preset(name)
     layers: list[tuple[str, dict[str, Any]]] = []
     if raw.get("extends") == "default":
         base = default_preset(model)
         if base is not None:  # a model without a default preset starts from DEFAULTS
             layers += preset_layers(model, base)
+    elif isinstance(raw.get("extends"), str) and raw["extends"] in list_presets() and raw["extends"] != name:
+        layers += preset_layers(model, raw["extends"])
     elif raw.get("extends") is not None:
-        raise ConfigError(f"preset {name!r}: 'extends' must be 'default', got {raw['extends']!r}")
+        raise ConfigError(f"preset {name!r}: 'extends' must be 'default' or another preset's name, got {raw['extends']!r}")
     layers.append((name, {k: v for k, v in raw.items() if k not in PRESET_META_KEYS}))
     return layers
 
@@ -345,6 +378,7 @@ _INT_KEYS = (
     "schedule.warmup_iters", "schedule.milestones", "schedule.reference_iters", "train.iters", "train.accumulate",
     "train.seed", "val.every", "val.max_images",
     "val.center_crop", "val.tile", "log.every", "checkpoint.every", "checkpoint.keep_last",
+    "degradation.pool_size", "degradation.seed", "gan.num_feat",
 )
 
 
@@ -425,6 +459,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _check(_int(lg["every"]) and lg["every"] > 0, "log.every", "must be a positive integer", lg["every"])
     _check(_int(c["every"]) and c["every"] >= 0, "checkpoint.every", "must be an integer >= 0", c["every"])
     _check(_int(c["keep_last"]) and c["keep_last"] >= 1, "checkpoint.keep_last", "must be an integer >= 1", c["keep_last"])
+    from sr_train.gan_config import validate_realworld
+
+    validate_realworld(cfg)
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:

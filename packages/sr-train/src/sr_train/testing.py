@@ -67,6 +67,8 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg: dict, result_dir: str
 
     result = train(cfg, log=lambda _m: None)
     assert result.model is not None
+    disc = result.discriminator
     torch.save({"val": result.val, "checkpoint": str(result.last_checkpoint),
-                "model": {k: v.detach().clone() for k, v in result.model.state_dict().items()}},
+                "model": {k: v.detach().clone() for k, v in result.model.state_dict().items()},
+                "discriminator": None if disc is None else {k: v.detach().clone() for k, v in disc.state_dict().items()}},
                os.path.join(result_dir, f"rank{rank}.pt"))

@@ -46,6 +46,7 @@ from sr_train.cpu_threads import apply_threads, resolve_threads
 from sr_train.distributed import DistEnv, all_reduce_sum, any_rank, cleanup_distributed, init_distributed
 from sr_train.ema import ModelEMA
 from sr_train.errors import CheckpointWriteError, ConfigError, MemoryCheckError, ResumeError, TrainError
+from sr_train.gan_config import realworld_enabled
 from sr_train.interrupt import StopRequest, TrainingInterrupted, ignore_stop_signals_in_worker
 from sr_train.optim import build_optimizer, describe_groups
 from sr_train.sampler import EpochIndexedDataset, ResumableBatchSampler
@@ -67,6 +68,7 @@ class RunResult:
     final_loss: float = float("nan")
     model: nn.Module | None = None  # the trained (unwrapped) model
     ema_model: nn.Module | None = None  # its EMA copy (None without EMA)
+    discriminator: nn.Module | None = None  # real-world GAN training's discriminator (sr_train.gan)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -360,6 +362,11 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         log(f"schedule rescaled to {t_cfg['iters']} of {s_cfg['reference_iters']} iterations: warm-up {warmup_iters}, "
             f"milestones {milestones}")
     scheduler = WarmupMultiStepLR(optimizer, warmup_iters=warmup_iters, milestones=milestones, gamma=s_cfg["gamma"])
+    stage = None  # real-world training: degradation, perceptual and adversarial losses (sr_train.gan)
+    if realworld_enabled(cfg):
+        from sr_train.gan import RealWorldStage
+
+        stage = RealWorldStage(cfg, env, warmup_iters=warmup_iters, milestones=milestones, log=log)
     start = 0
     if ckpt_state is not None:
         try:
@@ -371,6 +378,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             raise ResumeError(f"checkpoint {str(ckpt_path)!r} does not fit this model/optimizer: "
                               f"{str(exc).splitlines()[0]}") from None
         scheduler.load_state_dict(ckpt_state["scheduler"])
+        if stage is not None:
+            stage.load_state_dict(ckpt_state.get("gan"), ckpt_path)
         if ema is not None:  # one EMA update per iteration (checkpoints before the warm-up had no counter)
             ema.updates = int(ckpt_state.get("ema_updates", ckpt_state["iteration"]))
         rngs = ckpt_state["rng"]
@@ -442,6 +451,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
 
     def write_checkpoint(it: int) -> Path | None:
         rngs = _gather_rng(env)
+        gan_state = stage.state_dict() if stage is not None else None  # every rank (it gathers)
         error = ""
         path = None
         if env.is_main:
@@ -453,6 +463,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 "ema_updates": ema.updates if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rngs,
             }
+            if gan_state is not None:
+                state["gan"] = gan_state
             try:
                 path = save_checkpoint(run_dir, it, state, keep_last=c_cfg["keep_last"])
                 if c_cfg["export_safetensors"]:
@@ -490,11 +502,17 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         for it in range(start + 1, iters + 1):
             scheduler.set_iteration(it)
             batch = next(batches)
-            lr_parts = batch["lr"].to(env.device, non_blocking=True).chunk(accumulate)
-            hr_parts = batch["hr"].to(env.device, non_blocking=True).chunk(accumulate)
             optimizer.zero_grad(set_to_none=True)
-            loss = torch.zeros((), device=env.device)
-            for k, (lr_img, hr_img) in enumerate(zip(lr_parts, hr_parts, strict=True)):
+            micro_batches: Any = ()
+            if stage is not None:  # real-world training makes its own batch and losses (sr_train.gan)
+                loss = stage.generator_backward(batch, train_model, accumulate=accumulate, criterion=criterion,
+                                                autocast_dtype=autocast_dtype)
+            else:
+                lr_parts = batch["lr"].to(env.device, non_blocking=True).chunk(accumulate)
+                hr_parts = batch["hr"].to(env.device, non_blocking=True).chunk(accumulate)
+                micro_batches = zip(lr_parts, hr_parts, strict=True)
+                loss = torch.zeros((), device=env.device)
+            for k, (lr_img, hr_img) in enumerate(micro_batches):
                 # DDP all-reduces the gradients on the last micro-step only
                 sync = k == accumulate - 1 or not env.distributed
                 with contextlib.nullcontext() if sync else train_model.no_sync():  # type: ignore[operator]
@@ -511,6 +529,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
             optimizer.step()
             if ema is not None:
                 ema.update(model)
+            if stage is not None:
+                stage.discriminator_step(it)
+                stage.end_iteration()
             loss_val = loss.item()
             loss_sum += loss_val
             loss_n += 1
@@ -527,6 +548,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                 rec = {"loss": mean_loss[0] / max(mean_loss[1], 1), "it_per_s": rate,
                        "samples_per_s": rate * d_cfg["batch_size"]}
                 rec.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
+                if stage is not None:
+                    rec.update(stage.pop_means())
                 metrics.write(it, rec, "train")
                 loss_sum, loss_n, t_last, it_last = 0.0, 0, now, it
             done_it = it
@@ -555,4 +578,5 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
         metrics.close()
     return RunResult(run_dir=run_dir, iteration=iters, last_checkpoint=last_ckpt,
                      weights=weights_path if c_cfg["export_safetensors"] else None, val=val_res, final_loss=loss_val,
-                     model=model, ema_model=ema.module if ema is not None else None)
+                     model=model, ema_model=ema.module if ema is not None else None,
+                     discriminator=stage.net_d if stage is not None else None)
