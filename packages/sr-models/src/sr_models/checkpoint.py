@@ -135,6 +135,8 @@ def infer_name_and_scale(
     the file name) contains "plus" or "+", and a warning notes the ambiguity.
     """
     keys = set(sd)
+    if "upsampler.coef.weight" in keys and "encoder.plk_filter" in keys:
+        return "esc-lte", 4  # arbitrary scale: 4 is only the default render scale
     if "lk_channel" in keys and "to_img.weight" in keys:
         return "esc-fp", _subpixel(sd, "to_img.weight", 3)
     if "plk_filter" in keys and "skip.0.weight" in keys:
@@ -221,6 +223,12 @@ def transfer_upsampler_scale(sd: Mapping[str, torch.Tensor], model: nn.Module) -
     return out
 
 
+def _arbitrary_scale(name: str, config: dict[str, Any]) -> bool:
+    from sr_models.arbitrary_scale import is_arbitrary_scale
+
+    return is_arbitrary_scale(name, config)
+
+
 def load_checkpoint(
     path: str | Path,
     name: str | None = None,
@@ -280,6 +288,8 @@ def load_checkpoint(
     if scale is None:
         raise CheckpointError(f"cannot infer the scale of {path}; pass scale=")
     need_transfer = ckpt_scale is not None and ckpt_scale != scale
+    if need_transfer and _arbitrary_scale(name, build_config):
+        need_transfer = False  # one set of weights for every scale; ``scale`` is the default render scale
     if need_transfer and not allow_scale_transfer:
         raise CheckpointError(
             f"{path} is a x{ckpt_scale} checkpoint but scale={scale} was requested; pass "
