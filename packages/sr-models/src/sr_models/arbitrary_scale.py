@@ -12,7 +12,8 @@ The model (:class:`LTESR`) takes RGB in [0, 1] and renders any size:
 * ``model(x)``: at ``model.scale`` (the integer given to ``create_model``, 4 by default);
 * ``model(x, scale=3.7)``: a float scale >= 1, output ``(round(3.7 h), round(3.7 w))``;
 * ``model(x, size=(H, W))``: a target size;
-* ``model.query(x, coord, cell) -> (B, Q, 3)``: values at LTE's sampled coordinates (training).
+* ``model.query(x, coord, cell)`` or ``model(x, coord=coord, cell=cell)`` -> (B, Q, 3): values at
+  LTE's sampled coordinates (training).
 
 Facts from the official code (dslisleedh/ESC ``esc_arb``, built on LIIF/LTE): the input is
 normalised ``(x - 0.5) / 0.5`` before the body, and the output denormalised (``lte_norm_mean``,
@@ -104,8 +105,14 @@ class LTESR(nn.Module):
             raise ValueError(f"expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
         return (x - self.head_config.norm_mean) / self.head_config.norm_std
 
-    def forward(self, x: torch.Tensor, scale: float | None = None,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None, *,
+                coord: torch.Tensor | None = None, cell: torch.Tensor | None = None) -> torch.Tensor:
+        """Render at ``scale`` or ``size`` (default: ``model.scale``) -> (B, 3, H, W); with ``coord``
+        and ``cell`` given, :meth:`query` instead -> (B, Q, 3) (so that DDP wraps training too)."""
+        if coord is not None or cell is not None:
+            if coord is None or cell is None or scale is not None or size is not None:
+                raise ValueError("give coord= and cell= together, without scale= or size=")
+            return self.query(x, coord, cell)
         xn = self._normalise(x)
         if scale is None and size is None:
             scale = self.upscaling_factor
@@ -125,6 +132,9 @@ class LTESR(nn.Module):
 
 def is_arbitrary_scale(name: str, config: dict[str, Any]) -> bool:
     """Whether ``create_model(name, **config)`` builds an arbitrary-scale model."""
+    from sr_models.registry import _ensure_families_loaded
+
+    _ensure_families_loaded()  # LTE_NATIVE is filled when the families register
     return name in LTE_NATIVE or config.get("upsampler") in UPSAMPLERS
 
 
