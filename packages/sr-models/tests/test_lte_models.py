@@ -105,6 +105,22 @@ def test_generic_option_round_trips_through_safetensors_and_plain_state_dicts(tm
         torch.testing.assert_close(loaded(x, scale=3.3), native(x, scale=3.3))
 
 
+def test_official_esc_arb_checkpoint_layout_loads(tmp_path):
+    """The ESC authors' esc_arb/LIIF training file: {"model": {"name": "lte", "args", "sd"}, "epoch",
+    "optimizer"} with the LTE head at the top level (coef, freq, phase, imnet) and ESC under encoder."""
+    model = create_model("esc-lte").eval()
+    sd = {k.removeprefix("upsampler."): v for k, v in model.state_dict().items()}
+    assert {"coef.weight", "phase.weight", "imnet.layers.6.bias", "encoder.plk_filter"} <= set(sd)
+    blob = {"model": {"name": "lte", "args": {"hidden_dim": 256}, "sd": sd},
+            "optimizer": {"name": "adam", "args": {"lr": 2e-4}, "sd": {}}, "epoch": 1000}
+    torch.save(blob, tmp_path / "epoch-last.pth")
+    loaded = load_checkpoint(tmp_path / "epoch-last.pth")
+    assert loaded.model_name == "esc-lte"
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, scale=2.2), model(x, scale=2.2))
+
+
 def test_bad_options_name_the_problem():
     with pytest.raises(ValueError, match="forward_features"):
         create_model("esc-fp", upsampler="lte")

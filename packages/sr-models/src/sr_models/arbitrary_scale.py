@@ -38,7 +38,7 @@ from torch import nn
 
 from sr_layers.lte import LTE, output_size
 
-__all__ = ["LTESR", "LTE_NATIVE", "LTEHeadConfig", "build_lte_model", "is_arbitrary_scale"]
+__all__ = ["LTESR", "LTE_NATIVE", "LTEHeadConfig", "build_lte_model", "from_official_lte_keys", "is_arbitrary_scale"]
 
 UPSAMPLERS = ("lte",)
 LTE_NATIVE: dict[str, str] = {}  # registered LTE model name -> body name (e.g. "esc-lte" -> "esc")
@@ -162,3 +162,13 @@ def build_lte_model(builder: Any, body_name: str, scale: int, overrides: dict[st
         config[f"lte_{f.name}"] = list(value) if isinstance(value, tuple) else value
     model.config = config
     return model
+
+
+_LTE_HEAD_KEYS = ("coef", "freq", "phase", "imnet")
+
+
+def from_official_lte_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official LTE/``esc_arb`` key layout (head at the top level: ``coef.*``, ``freq.*``,
+    ``phase.*``, ``imnet.*``; body under ``encoder.``) turned into ours (head under ``upsampler.``);
+    a state_dict already in our layout is returned unchanged."""
+    return {(f"upsampler.{k}" if k.split(".", 1)[0] in _LTE_HEAD_KEYS else k): v for k, v in sd.items()}
