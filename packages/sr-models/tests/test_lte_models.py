@@ -82,8 +82,8 @@ def test_the_body_is_esc_without_its_upsampler():
     lte.encoder.load_state_dict(body_sd, strict=True)
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(lte.encoder.forward_features(x), esc.forward_features(x))
-        # ESC's own output still goes through forward_features
+        torch.testing.assert_close(lte.encoder.body_features(x), esc.body_features(x))
+        # ESC's own output still goes through body_features
         assert esc(x).shape == (1, 3, 32, 32)
 
 
@@ -105,6 +105,22 @@ def test_generic_option_round_trips_through_safetensors_and_plain_state_dicts(tm
         torch.testing.assert_close(loaded(x, scale=3.3), native(x, scale=3.3))
 
 
+def test_the_option_works_on_an_sst_body():
+    torch.manual_seed(0)
+    sst = create_model("sst-light", n_blocks=1, window_sizes=[4, 8], num_heads=[3, 3], ranks=[16, 24],
+                       attn_backend="math").eval()
+    torch.manual_seed(0)
+    lte = create_model("sst-light", upsampler="lte", n_blocks=1, window_sizes=[4, 8], num_heads=[3, 3],
+                       ranks=[16, 24], attn_backend="math", lte_hidden_dim=8, lte_mlp_hidden=[8]).eval()
+    assert not any(k.startswith("encoder.upsampler") for k in lte.state_dict())
+    body_sd = {k: v for k, v in sst.state_dict().items() if not k.startswith("upsampler.")}
+    lte.encoder.load_state_dict(body_sd, strict=True)
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(lte.encoder.body_features(x), sst.body_features(x))
+        assert lte(x, scale=1.5).shape == (1, 3, 14, 10)  # round(13.5) = 14 (half to even), round(10.5) = 10
+
+
 def test_official_esc_arb_checkpoint_layout_loads(tmp_path):
     """The ESC authors' esc_arb/LIIF training file: {"model": {"name": "lte", "args", "sd"}, "epoch",
     "optimizer"} with the LTE head at the top level (coef, freq, phase, imnet) and ESC under encoder."""
@@ -122,7 +138,7 @@ def test_official_esc_arb_checkpoint_layout_loads(tmp_path):
 
 
 def test_bad_options_name_the_problem():
-    with pytest.raises(ValueError, match="forward_features"):
+    with pytest.raises(ValueError, match="body_features"):
         create_model("esc-fp", upsampler="lte")
     with pytest.raises(ValueError, match="upsampler"):
         create_model("esc", upsampler="liif")

@@ -3,9 +3,10 @@
 ``create_model(name, upsampler="lte")`` builds the registered body ``name`` without its own
 upsampler and puts :class:`sr_layers.lte.LTE` behind it; ``esc-lte`` is ESC's body with LTE as U
 and bilinear interpolation as the image skip S (ESC supplementary 6.2). A body qualifies when it
-has ``forward_features(x) -> (B, feature_dim, h, w)``, ``feature_dim`` and ``upsampler_modules``
+has ``body_features(x) -> (B, feature_dim, h, w)``, ``feature_dim`` and ``upsampler_modules``
 (the names of its upsampler's submodules, dropped here); today: ESC (``esc``, ``esc-light``,
-``esc-xl``).
+``esc-xl``) and SST (``sst``, ``sst-plus``, ``sst-l``, ..., ``sst-light``). Not yet: ESC-FP/-Real/-RIB,
+IET, SSCAN.
 
 The model (:class:`LTESR`) takes RGB in [0, 1] and renders any size:
 
@@ -117,7 +118,7 @@ class LTESR(nn.Module):
         if scale is None and size is None:
             scale = self.upscaling_factor
         hw = output_size((x.shape[-2], x.shape[-1]), scale, size)
-        feat = self.encoder.forward_features(xn)
+        feat = self.encoder.body_features(xn)
         out = self.upsampler(feat, hw, image=xn)
         return out * self.head_config.norm_std + self.head_config.norm_mean
 
@@ -125,7 +126,7 @@ class LTESR(nn.Module):
         """Values at given HR coordinates (LTE training): x (B, 3, h, w) in [0, 1], coord and cell
         (B, Q, 2) as in :mod:`sr_layers.lte` (row, column in [-1, 1]) -> (B, Q, 3) in [0, 1] units."""
         xn = self._normalise(x)
-        enc = self.upsampler.encode(self.encoder.forward_features(xn))
+        enc = self.upsampler.encode(self.encoder.body_features(xn))
         out = self.upsampler.query(enc, coord, cell, image=xn)
         return out * self.head_config.norm_std + self.head_config.norm_mean
 
@@ -144,14 +145,14 @@ def build_lte_model(builder: Any, body_name: str, scale: int, overrides: dict[st
 
     ``record_upsampler``: store ``upsampler="lte"`` in the config (the generic option) so that a
     saved checkpoint rebuilds the same model. Raises ValueError naming the body when it does not
-    expose ``forward_features``/``feature_dim``.
+    expose ``body_features``/``feature_dim``.
     """
     head, rest = _split_lte_fields(dict(overrides))
     body = builder(scale, **rest)
-    if not (hasattr(body, "forward_features") and hasattr(body, "feature_dim")):
+    if not (hasattr(body, "body_features") and hasattr(body, "feature_dim")):
         raise ValueError(
             f"model {body_name!r} cannot take upsampler='lte': its class {type(body).__name__} has no "
-            "forward_features/feature_dim (supported: esc, esc-light, esc-xl)"
+            "body_features/feature_dim (supported: the ESC bodies esc, esc-light, esc-xl and the SST family)"
         )
     model = LTESR(body, head, scale)
     config = dict(getattr(body, "config", {}))

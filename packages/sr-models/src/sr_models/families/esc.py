@@ -152,7 +152,7 @@ class ESC(_ESCBase):
     def feature_dim(self) -> int:
         return self.cfg.dim
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
         """The body: (B, 3, h, w) -> (B, dim, h, w), ``last(blocks(proj x)) + proj x``."""
         feat = self.proj(x)
         skip = feat
@@ -163,7 +163,7 @@ class ESC(_ESCBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        feat = self.forward_features(x)
+        feat = self.body_features(x)
         return pixel_shuffle_with_nearest(self.to_img(feat), x, self.upscaling_factor)
 
 
