@@ -121,6 +121,30 @@ def test_the_option_works_on_an_sst_body():
         assert lte(x, scale=1.5).shape == (1, 3, 14, 10)  # round(13.5) = 14 (half to even), round(10.5) = 10
 
 
+IET_TINY = {"embed_dim": 12, "num_heads": 2, "ffn_hidden": 8, "depths": [2, 2, 2], "dlsg_local": 3, "dlsg_samples": 3,
+            "k_schedule": [18, 12, 16, 12, 12, 8], "expand_ks": [8, 8], "expand_k1": [4, 3], "expand_k2": [3, 2],
+            "num_feat": 8}
+SSCAN_TINY = {"embed_dim": 8, "num_heads": 2, "n_blocks": 2, "depth": 2, "window_size": 4, "topk": 2, "num_feat": 8}
+
+
+@pytest.mark.parametrize(("name", "cfg", "hw"), [("iet", IET_TINY, (12, 10)), ("sscan-light", SSCAN_TINY, (9, 7))])
+def test_body_features_are_what_the_upsampler_receives(name, cfg, hw):
+    """IET / SSCAN: body_features(x) equals the input of the model's own upsampler in forward (SSCAN's
+    padded to its window there, so compared on the input's h x w), and the LTE option builds on it."""
+    torch.manual_seed(0)
+    model = create_model(name, 2, **cfg).eval()
+    seen = {}
+    model.upsampler.register_forward_pre_hook(lambda _m, args: seen.setdefault("feat", args[0]))
+    x = torch.rand(1, 3, *hw)
+    with torch.no_grad():
+        model(x)
+        feat = model.body_features(x)
+    torch.testing.assert_close(feat, seen["feat"][:, :, : hw[0], : hw[1]])
+    lte = create_model(name, 2, upsampler="lte", lte_hidden_dim=8, lte_mlp_hidden=[8], **cfg).eval()
+    with torch.no_grad():
+        assert lte(x, scale=2.5).shape == (1, 3, round(hw[0] * 2.5), round(hw[1] * 2.5))
+
+
 def test_official_esc_arb_checkpoint_layout_loads(tmp_path):
     """The ESC authors' esc_arb/LIIF training file: {"model": {"name": "lte", "args", "sd"}, "epoch",
     "optimizer"} with the LTE head at the top level (coef, freq, phase, imnet) and ESC under encoder."""

@@ -5,8 +5,8 @@ upsampler and puts :class:`sr_layers.lte.LTE` behind it; ``esc-lte`` is ESC's bo
 and bilinear interpolation as the image skip S (ESC supplementary 6.2). A body qualifies when it
 has ``body_features(x) -> (B, feature_dim, h, w)``, ``feature_dim`` and ``upsampler_modules``
 (the names of its upsampler's submodules, dropped here); today: ESC (``esc``, ``esc-light``,
-``esc-xl``) and SST (``sst``, ``sst-plus``, ``sst-l``, ..., ``sst-light``). Not yet: ESC-FP/-Real/-RIB,
-IET, SSCAN.
+``esc-xl``), SST (``sst``, ``sst-plus``, ``sst-l``, ..., ``sst-light``), IET and SSCAN (their own
+input normalisation and window padding stay inside their bodies). Not yet: ESC-FP/-Real/-RIB.
 
 The model (:class:`LTESR`) takes RGB in [0, 1] and renders any size:
 
@@ -152,7 +152,7 @@ def build_lte_model(builder: Any, body_name: str, scale: int, overrides: dict[st
     if not (hasattr(body, "body_features") and hasattr(body, "feature_dim")):
         raise ValueError(
             f"model {body_name!r} cannot take upsampler='lte': its class {type(body).__name__} has no "
-            "body_features/feature_dim (supported: the ESC bodies esc, esc-light, esc-xl and the SST family)"
+            "body_features/feature_dim (supported: esc, esc-light, esc-xl, the SST, IET and SSCAN families)"
         )
     model = LTESR(body, head, scale)
     config = dict(getattr(body, "config", {}))
