@@ -75,7 +75,7 @@ def wants_arbitrary(name: str | None, weights: str | Path | None) -> bool:
 
 
 def psnr_rgb_border(sr: torch.Tensor | np.ndarray, hr: torch.Tensor | np.ndarray, border: int) -> float:
-    """RGB PSNR (dB) of two (3, H, W) or (H, W, 3)... images in [0, 1] after removing ``border`` pixels per side.
+    """RGB PSNR (dB) of two (3, H, W) (or (H, W, 3)) float images in [0, 1] after removing ``border`` pixels per side.
 
     ``sr`` is clamped to [0, 1]; no rounding; float64; ``10 log10(1 / MSE)``, ``inf`` when equal.
     Shapes must match; a border that leaves nothing is a ValueError.
