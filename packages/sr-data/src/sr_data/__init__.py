@@ -32,12 +32,16 @@ _LAZY = {
     "write_image": "sr_data.io",
     "bicubic_downscale_uint8": "sr_data.transforms",
     "modcrop": "sr_data.transforms",
+    "build_arbitrary_eval_dataset": "sr_data.arbitrary_scale",
+    "build_continuous_train_dataset": "sr_data.arbitrary_scale",
 }
 
 __all__ = [
     "DataError",
     "ImageReadError",
     "bicubic_downscale_uint8",
+    "build_arbitrary_eval_dataset",
+    "build_continuous_train_dataset",
     "build_eval_dataset",
     "build_train_dataset",
     "decode_image",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -103,10 +104,35 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _scale_arg(text: str) -> int | float | tuple[int | float, ...]:
+    """``--scale``: an integer; a float >= 1 or a comma-separated list (arbitrary-scale models only,
+    checked once the model is known)."""
+    values: list[int | float] = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number (or a comma-separated list), got {text!r}") from None
+        if not math.isfinite(v) or v < 1:
+            raise argparse.ArgumentTypeError(f"must be a number >= 1, got {part.strip()!r}")
+        values.append(int(v) if v.is_integer() else v)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def fixed_scale(args: argparse.Namespace, model_name: str | None) -> int | None:
+    """``args.scale`` for a fixed-scale model: a UsageError for a float or a list (arbitrary-scale only)."""
+    if args.scale is None or isinstance(args.scale, int):
+        return args.scale
+    raise UsageError(f"--scale {args.scale!r}: model {model_name or '(from the weights)'} has a fixed integer scale; "
+                     "float scales and lists need an arbitrary-scale model (esc-lte, or a model built with upsampler=lte)")
+
+
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     """Options shared by sr-eval and sr-upscale."""
     p.add_argument("--model", help="registry name (see --list-models); optional when the weights file names it")
-    p.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the checkpoint's, else 4)")
+    p.add_argument("--scale", type=_scale_arg, default=None,
+                   help="upscaling factor (default: the checkpoint's, else 4); arbitrary-scale models (esc-lte) take "
+                   "any float >= 1, and sr-eval a comma-separated list (default there: 2,3,4,6,12,18,24,30)")
     p.add_argument("--weights", help="checkpoint: BasicSR .pth (params_ema/params) or project .safetensors")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run without --weights on a randomly initialised model (testing only)")
@@ -134,9 +160,9 @@ def _eval_parser() -> argparse.ArgumentParser:
         "and JSON. Run 'sr-eval profile --help' for parameters/FLOPs/latency.",
     )
     add_inference_args(p)
-    p.add_argument("--datasets", default=DEFAULT_DATASETS,
+    p.add_argument("--datasets", default=None,
                    help=f"comma-separated: set5,set14,b100,urban100,manga109,div2k-val,lsdir-val,sample "
-                   f"(default {DEFAULT_DATASETS})")
+                   f"(default {DEFAULT_DATASETS}; div2k-val for arbitrary-scale models, as the ESC paper's Table 5)")
     p.add_argument("--data-root", help="folder holding the benchmark sets (see sr-data's README for layouts)")
     p.add_argument("--crop-border", type=int, default=None, help="pixels cropped per side (default: the scale)")
     p.add_argument("--rgb", action="store_true", help="measure on RGB instead of the Y channel (not the paper convention)")
@@ -222,8 +248,9 @@ def _profile(args: argparse.Namespace) -> int:
 def _check_common(args: argparse.Namespace) -> None:
     if args.tile_overlap < 0:
         raise UsageError(f"--tile-overlap must be >= 0, got {args.tile_overlap}")
-    if args.scale is not None and args.scale < 1:
-        raise UsageError(f"--scale must be positive, got {args.scale}")
+    scales = args.scale if isinstance(args.scale, tuple) else (args.scale,)
+    if any(s is not None and s < 1 for s in scales):
+        raise UsageError(f"--scale must be >= 1, got {args.scale}")
 
 
 def check_precision(prog: str, precision: str, device) -> None:
@@ -279,8 +306,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         return evaluate_real(args)
     from sr_data.datasets import EVAL_SETS
+    from sr_eval.arbitrary_scale import wants_arbitrary
 
-    names = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
+    arbitrary = wants_arbitrary(args.model, args.weights)
+    datasets_arg = args.datasets if args.datasets is not None else ("div2k-val" if arbitrary else DEFAULT_DATASETS)
+    names = [d.strip().lower() for d in datasets_arg.split(",") if d.strip()]
     if not names:
         raise UsageError("--datasets is empty")
     unknown = [n for n in names if n not in EVAL_SETS]
@@ -296,8 +326,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--name {args.name!r}: must be a plain folder name")
     device = pick_device(args.device)
     check_precision("sr-eval", args.precision, device)
-    model = load_model(args.model, args.scale, args.weights,
+    model = load_model(args.model, None if arbitrary else fixed_scale(args, args.model), args.weights,
                        allow_random_weights=args.allow_random_weights, device=device)
+    from sr_eval.arbitrary_scale import is_arbitrary_model
+
+    if is_arbitrary_model(model):  # float scales, Table 5's protocol and layout
+        from sr_eval.arbitrary_scale_cli import evaluate_arbitrary_command
+
+        return evaluate_arbitrary_command(args, model, names, device)
+    fixed_scale(args, getattr(model, "model_name", args.model))
     note_tile_rounding("sr-eval", model, args.tile, args.tile_overlap)
     scale = int(model.scale)
     label = str(getattr(model, "model_name", args.model or "model"))

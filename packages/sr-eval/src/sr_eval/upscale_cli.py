@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outscale", type=float, default=None,
                    help="final scale relative to the input (any value > 0; default: the model's): the model's "
                    "output is resized (bicubic, antialiased) to round(size * outscale)")
+    p.add_argument("--size", default=None, metavar="WxH",
+                   help="arbitrary-scale models (esc-lte) only: render every output at this size, e.g. 1920x1080")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help=f"JPEG/WebP quality 1-100 (default {DEFAULT_QUALITY})")
     p.add_argument("--lossless", action="store_true", help="lossless WebP")
     p.add_argument("--alpha", choices=("model", "bicubic"), default="model",
@@ -101,6 +103,17 @@ def collect_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[str, s
         else:
             failures.append((str(p), "no such file or folder"))
     return files, failures
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``--size WxH`` -> (H, W)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if w < 1 or h < 1:
+        raise UsageError(f"--size {text!r}: sides must be positive")
+    return h, w
 
 
 def _format_scale(x: float) -> str:
@@ -238,6 +251,8 @@ def _upscale_one(job: Job, upscaler, args: argparse.Namespace, device, outscale:
     del lr
     s = int(upscaler.model.scale)
     size = (round(h * outscale), round(w * outscale)) if outscale is not None else (h * s, w * s)
+    if outscale is None and hasattr(upscaler, "target_size"):  # arbitrary-scale models render their size
+        size = upscaler.target_size(h, w)
     if min(size) < 1:
         raise EvalError(f"--outscale {outscale} makes a {w}x{h} image smaller than one pixel")
     sr = _resize(sr, size)
@@ -285,25 +300,53 @@ def _upscale(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"{p}: {r}" for p, r in failures)
         raise EvalError(f"no input images ({reasons})" if reasons else "no input images")
     device = pick_device(args.device)
+    from sr_eval.arbitrary_scale import ArbitraryUpscaler, is_arbitrary_model, wants_arbitrary
+    from sr_eval.cli import fixed_scale
+
+    if isinstance(args.scale, tuple):
+        raise UsageError(f"--scale {args.scale!r}: give one scale")
+    size = _parse_size(args.size) if args.size is not None else None
+    if size is not None and args.scale is not None:
+        raise UsageError("give --scale or --size, not both")
+    arbitrary = wants_arbitrary(args.model, args.weights)
     scale_hint = args.outscale if args.outscale is not None else args.scale
-    if scale_hint is not None:  # output names can be checked before the (slow) model load
-        plan_jobs(args, files, _format_scale(scale_hint))
-    model = load_model(args.model, args.scale, args.weights,
+    if size is not None and args.outscale is None:
+        scale_text = f"{size[1]}x{size[0]}"
+    else:
+        scale_text = _format_scale(scale_hint) if scale_hint is not None else None
+    if scale_text is not None:  # output names can be checked before the (slow) model load
+        plan_jobs(args, files, scale_text)
+    model = load_model(args.model, None if arbitrary else fixed_scale(args, args.model), args.weights,
                        allow_random_weights=args.allow_random_weights, device=device)
     check_precision("sr-upscale", args.precision, device)
-    note_tile_rounding("sr-upscale", model, args.tile, args.tile_overlap)
     scale = int(model.scale)
-    outscale = None if args.outscale is None or args.outscale == scale else args.outscale
-    jobs, single = plan_jobs(args, files, _format_scale(args.outscale if args.outscale is not None else scale))
+    if is_arbitrary_model(model):
+        if args.tile is not None or args.self_ensemble or args.precision != "fp32":
+            raise UsageError("--tile, --self-ensemble and --precision are not available for arbitrary-scale models "
+                             "(LTE renders in chunks of queries; the body sees the whole image)")
+        render = float(args.scale) if args.scale is not None else float(scale)
+        outscale = args.outscale
+        upscaler_any: object = ArbitraryUpscaler(model, scale=None if size else render, size=size)
+        if scale_text is None:
+            scale_text = _format_scale(render)
+        jobs, single = plan_jobs(args, files, scale_text)
+    else:
+        fixed_scale(args, getattr(model, "model_name", args.model))
+        if size is not None:
+            raise UsageError("--size needs an arbitrary-scale model (esc-lte); use --outscale to resize the output")
+        note_tile_rounding("sr-upscale", model, args.tile, args.tile_overlap)
+        outscale = None if args.outscale is None or args.outscale == scale else args.outscale
+        jobs, single = plan_jobs(args, files, _format_scale(args.outscale if args.outscale is not None else scale))
+        upscaler_any = None
     failures += [(str(j.src), j.skip) for j in jobs if j.skip]
     todo = [j for j in jobs if not j.skip]
 
     def note(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
-    upscaler = Upscaler(model, device, tile=args.tile, tile_overlap=args.tile_overlap, precision=args.precision,
-                        self_ensemble=args.self_ensemble, max_memory=args.max_memory, note=note,
-                        progress=not args.no_progress)
+    upscaler = upscaler_any or Upscaler(model, device, tile=args.tile, tile_overlap=args.tile_overlap,
+                                        precision=args.precision, self_ensemble=args.self_ensemble,
+                                        max_memory=args.max_memory, note=note, progress=not args.no_progress)
     written: set[str] = set()
     done = 0
     for job in tqdm(todo, desc="upscaling", unit="img", file=sys.stderr, disable=args.no_progress or not todo):

@@ -6,7 +6,9 @@ Accepted files:
   without DataParallel ``module.`` prefixes (``_orig_mod.`` from ``torch.compile`` is stripped too);
 * a plain ``state_dict`` saved with ``torch.save`` (also ``{'state_dict': ...}`` / ``{'model': ...}``);
 * our safetensors files written by :func:`save_safetensors`, whose metadata store the registry name,
-  scale and resolved config.
+  scale and resolved config;
+* LIIF/LTE training files ``{"model": {"name", "args", "sd"}, ...}`` (the ESC authors' ``esc_arb``
+  code), whose LTE keys ``coef``/``freq``/``phase``/``imnet`` become ``upsampler.*``.
 
 Files are read with ``torch.load(weights_only=True)``: no arbitrary pickled code is executed.
 """
@@ -97,6 +99,8 @@ def extract_state_dict(obj: Any, *, source: str = "checkpoint") -> dict[str, tor
             if isinstance(inner, Mapping) and inner:
                 obj = inner
                 break
+        if isinstance(obj.get("sd"), Mapping):  # LIIF/LTE: {"model": {"name", "args", "sd"}, "epoch", ...}
+            obj = obj["sd"]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{source} holds no state_dict (got {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -135,6 +139,8 @@ def infer_name_and_scale(
     the file name) contains "plus" or "+", and a warning notes the ambiguity.
     """
     keys = set(sd)
+    if ("upsampler.coef.weight" in keys or "coef.weight" in keys) and "encoder.plk_filter" in keys:
+        return "esc-lte", 4  # arbitrary scale (also the official esc_arb layout): 4 is the default render scale
     if "lk_channel" in keys and "to_img.weight" in keys:
         return "esc-fp", _subpixel(sd, "to_img.weight", 3)
     if "plk_filter" in keys and "skip.0.weight" in keys:
@@ -221,6 +227,12 @@ def transfer_upsampler_scale(sd: Mapping[str, torch.Tensor], model: nn.Module) -
     return out
 
 
+def _arbitrary_scale(name: str, config: dict[str, Any]) -> bool:
+    from sr_models.arbitrary_scale import is_arbitrary_scale
+
+    return is_arbitrary_scale(name, config)
+
+
 def load_checkpoint(
     path: str | Path,
     name: str | None = None,
@@ -280,6 +292,8 @@ def load_checkpoint(
     if scale is None:
         raise CheckpointError(f"cannot infer the scale of {path}; pass scale=")
     need_transfer = ckpt_scale is not None and ckpt_scale != scale
+    if need_transfer and _arbitrary_scale(name, build_config):
+        need_transfer = False  # one set of weights for every scale; ``scale`` is the default render scale
     if need_transfer and not allow_scale_transfer:
         raise CheckpointError(
             f"{path} is a x{ckpt_scale} checkpoint but scale={scale} was requested; pass "
@@ -291,6 +305,10 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: cannot build model {name!r} at scale {scale}: {exc}") from exc
     if need_transfer:
         sd = transfer_upsampler_scale(sd, model)
+    if getattr(model, "arbitrary_scale", False):
+        from sr_models.arbitrary_scale import from_official_lte_keys
+
+        sd = from_official_lte_keys(sd)
     problems = describe_mismatch(model.state_dict(), sd)
     if problems:
         raise CheckpointError(

@@ -87,13 +87,25 @@ def create_model(name: str, scale: int = 4, **overrides: object) -> nn.Module:
 
     ``overrides`` replace fields of the model's config (an unknown field is a ValueError naming it).
     The returned module has ``model_name``, ``scale`` and ``config`` attributes.
+
+    ``upsampler="lte"`` replaces the model's upsampler with LTE (arbitrary scale; ``lte_*`` fields
+    configure it; ``scale`` becomes the default render scale): see :mod:`sr_models.arbitrary_scale`.
     """
     entry = get_entry(name)
     if scale not in entry.scales:
         raise ValueError(
             f"model {name!r} does not support scale={scale}; supported scales: {list(entry.scales)}"
         )
-    model = entry.builder(scale, **overrides)
+    # (a family may have its own "upsampler" field, e.g. SST's kinds: only "lte" is taken here)
+    if overrides.get("upsampler") == "lte":
+        from sr_models.arbitrary_scale import LTE_NATIVE, build_lte_model
+
+        overrides.pop("upsampler")
+        if name in LTE_NATIVE:
+            raise ValueError(f"model {name!r} already has the LTE upsampler; do not pass upsampler=")
+        model = build_lte_model(entry.builder, name, scale, overrides, record_upsampler=True)
+    else:
+        model = entry.builder(scale, **overrides)
     model.model_name = name
     model.scale = scale
     return model

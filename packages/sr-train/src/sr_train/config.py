@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
         "lr_source": "bicubic",
         "seed": 0,  # seeds the sampling order and sr-data's per-sample augmentation
         "options": {},  # extra keyword arguments for sr_data.build_train_dataset
+        # arbitrary-scale training (LTE, ESC+LTE): sr_data.build_continuous_train_dataset items (LR
+        # patch_size at a per-item scale U[scale_min, scale_max], sample_q HR coordinates), L1 on them
+        "continuous": {"enabled": False, "scale_min": 1.0, "scale_max": 4.0, "sample_q": 2304},
     },
     "optim": {
         "muon": {
@@ -374,7 +377,7 @@ def _num(v: Any) -> bool:
 
 
 _INT_KEYS = (
-    "model.scale", "data.patch_size", "data.batch_size", "data.num_workers", "data.seed", "optim.muon.ns_steps",
+    "model.scale", "data.patch_size", "data.batch_size", "data.continuous.sample_q", "data.num_workers", "data.seed", "optim.muon.ns_steps",
     "schedule.warmup_iters", "schedule.milestones", "schedule.reference_iters", "train.iters", "train.accumulate",
     "train.seed", "val.every", "val.max_images",
     "val.center_crop", "val.tile", "log.every", "checkpoint.every", "checkpoint.keep_last",
@@ -416,6 +419,15 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _check(_int(d["num_workers"]) and d["num_workers"] >= 0, "data.num_workers", "must be an integer >= 0", d["num_workers"])
     _check(_int(d["seed"]), "data.seed", "must be an integer", d["seed"])
     _check(isinstance(d["options"], dict), "data.options", "must be a mapping", d["options"])
+    cs = d["continuous"]
+    _check(isinstance(cs["enabled"], bool), "data.continuous.enabled", "must be true or false", cs["enabled"])
+    _check(_num(cs["scale_min"]) and _num(cs["scale_max"]) and 1 <= cs["scale_min"] <= cs["scale_max"],
+           "data.continuous.scale_min/scale_max", "must satisfy 1 <= scale_min <= scale_max", (cs["scale_min"], cs["scale_max"]))
+    _check(_int(cs["sample_q"]) and 1 <= cs["sample_q"], "data.continuous.sample_q", "must be a positive integer",
+           cs["sample_q"])
+    if cs["enabled"] and cs["sample_q"] > d["patch_size"] ** 2:
+        raise ConfigError(f"config key 'data.continuous.sample_q' ({cs['sample_q']}) must not exceed data.patch_size^2 "
+                          f"({d['patch_size'] ** 2}, the HR pixels of a patch at scale 1)")
     mu, aw = o["muon"], o["adamw"]
     _check(isinstance(mu["enabled"], bool), "optim.muon.enabled", "must be true or false", mu["enabled"])
     for key in ("lr", "momentum", "weight_decay"):

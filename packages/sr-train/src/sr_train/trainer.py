@@ -102,10 +102,17 @@ def build_datasets(cfg: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
                                                                                 "diverseg", "dflip"):
         raise ConfigError(f"config key 'data.root': dataset {d['dataset']!r} needs --data-root")
     try:
-        train_ds = sr_data.build_train_dataset(
-            d["dataset"], root=d["root"], scale=scale, patch_size=d["patch_size"], lr_source=d["lr_source"],
-            seed=d["seed"], **d["options"],
-        )
+        cs = d["continuous"]
+        if cs["enabled"]:  # arbitrary-scale training: LR patches at random scales, sampled HR coordinates
+            train_ds = sr_data.build_continuous_train_dataset(
+                d["dataset"], root=d["root"], patch_size=d["patch_size"], scale_min=float(cs["scale_min"]),
+                scale_max=float(cs["scale_max"]), sample_q=cs["sample_q"], seed=d["seed"], **d["options"],
+            )
+        else:
+            train_ds = sr_data.build_train_dataset(
+                d["dataset"], root=d["root"], scale=scale, patch_size=d["patch_size"], lr_source=d["lr_source"],
+                seed=d["seed"], **d["options"],
+            )
     except (ValueError, OSError, TypeError) as exc:
         raise ConfigError(f"training data ({d['dataset']}): {exc}") from None
     if len(train_ds) == 0:  # type: ignore[arg-type]
@@ -267,9 +274,15 @@ def _check_memory(cfg: dict[str, Any], env: DistEnv, model: nn.Module, optimizer
     micro = d["batch_size"] // env.world_size // t["accumulate"]
     ddp_buckets = sum(p.numel() * p.element_size() for p in model.parameters()) if env.distributed else 0
     step = None
+    probe_model, probe_loss, probe_scale = model, criterion, cfg["model"]["scale"]
+    if d["continuous"]["enabled"]:  # the step queries sample_q coordinates, not a whole HR patch
+        from sr_train.continuous import SampledQueryProbe
+
+        probe_model, probe_scale = SampledQueryProbe(model, d["continuous"]["sample_q"]), 1
+        probe_loss = SampledQueryProbe.loss(criterion)
     if free is not None:
-        step = measure_step_memory(model, device=env.device, patch=d["patch_size"], scale=cfg["model"]["scale"],
-                                   micro_batch=micro, loss_fn=criterion, autocast_dtype=autocast_dtype,
+        step = measure_step_memory(probe_model, device=env.device, patch=d["patch_size"], scale=probe_scale,
+                                   micro_batch=micro, loss_fn=probe_loss, autocast_dtype=autocast_dtype,
                                    optimizer=optimizer, extra_fixed_bytes=ddp_buckets, budget_bytes=free)
     message = ""
     if step is None or free is None:
@@ -509,16 +522,24 @@ def _train(cfg: dict[str, Any], env: DistEnv, *, resume: str | None, log: Log) -
                                                 autocast_dtype=autocast_dtype)
             else:
                 lr_parts = batch["lr"].to(env.device, non_blocking=True).chunk(accumulate)
-                hr_parts = batch["hr"].to(env.device, non_blocking=True).chunk(accumulate)
-                micro_batches = zip(lr_parts, hr_parts, strict=True)
+                # continuous-scale batches (data.continuous): the target is the RGB at sampled coordinates
+                queries = "coord" in batch
+                hr_parts = batch["gt" if queries else "hr"].to(env.device, non_blocking=True).chunk(accumulate)
+                no_queries = (None,) * len(lr_parts)
+                coord_parts = batch["coord"].to(env.device, non_blocking=True).chunk(accumulate) if queries else no_queries
+                cell_parts = batch["cell"].to(env.device, non_blocking=True).chunk(accumulate) if queries else no_queries
+                micro_batches = zip(lr_parts, hr_parts, coord_parts, cell_parts, strict=True)
                 loss = torch.zeros((), device=env.device)
-            for k, (lr_img, hr_img) in enumerate(micro_batches):
+            for k, (lr_img, hr_img, coord, cell) in enumerate(micro_batches):
                 # DDP all-reduces the gradients on the last micro-step only
                 sync = k == accumulate - 1 or not env.distributed
                 with contextlib.nullcontext() if sync else train_model.no_sync():  # type: ignore[operator]
                     with torch.autocast(env.device.type, dtype=autocast_dtype or torch.float32,
                                         enabled=autocast_dtype is not None):
-                        sr = train_model(lr_img)
+                        if coord is not None:
+                            sr = train_model(lr_img, coord=coord, cell=cell)
+                        else:
+                            sr = train_model(lr_img)
                     micro_loss = criterion(sr.float(), hr_img)
                     if accumulate > 1:  # equal micro-batches: the mean of their means is the batch mean
                         micro_loss = micro_loss / accumulate

@@ -144,14 +144,26 @@ class ESC(_ESCBase):
         self.last = nn.Conv2d(cfg.dim, cfg.dim, 3, padding=1)
         self.to_img = nn.Conv2d(cfg.dim, 3 * scale * scale, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+    # contract of sr_models.arbitrary_scale (another upsampler on this body): the features before
+    # the upsampler, their width, and the modules of the own upsampler that it removes
+    upsampler_modules = ("to_img",)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.dim
+
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body: (B, 3, h, w) -> (B, dim, h, w), ``last(blocks(proj x)) + proj x``."""
         feat = self.proj(x)
         skip = feat
         lk = d4_average(self.plk_filter)
         for block in self.blocks:
             feat = block(feat, lk)
-        feat = self.last(feat) + skip
+        return self.last(feat) + skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        feat = self.body_features(x)
         return pixel_shuffle_with_nearest(self.to_img(feat), x, self.upscaling_factor)
 
 

@@ -291,6 +291,20 @@ class IET(nn.Module):
         t = self.norm(t)
         return rearrange(t, "b (y x) c -> b c y x", y=h, x=w)
 
+    # contract of sr_models.arbitrary_scale (another upsampler on this body)
+    upsampler_modules = ("upsampler",)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, embed_dim, h, w): what :meth:`forward` hands its upsampler (mean
+        subtraction and img_range included), at the current dilation."""
+        mean = self.mean.to(x.dtype)
+        f = self.conv_first((x - mean) * self.cfg.img_range)
+        return self.conv_after_body(self.forward_features(f, self.current_dilation())) + f
+
     def forward(self, x: torch.Tensor, dilation: int | None = None) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, h s, w s)."""
         if x.dim() != 4 or x.shape[1] != 3:

@@ -154,6 +154,22 @@ class SSCAN(nn.Module):
             f = block(f)
         return self.norm(f)
 
+    # contract of sr_models.arbitrary_scale (another upsampler on this body)
+    upsampler_modules = ("upsampler",)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) -> (B, embed_dim, h, w): what :meth:`forward` hands its upsampler (padded to
+        the window and normalised as there), cropped back to the input's h x w."""
+        h, w = x.shape[-2:]
+        x = pad_to_window(x, self.cfg.window_size)
+        f = self.conv_first((x - self.mean.to(x.dtype)) * self.cfg.img_range)
+        f = self.conv_after_body(self.forward_features(f)) + f
+        return f[:, :, :h, :w]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, 3, h s, w s)."""
         if x.dim() != 4 or x.shape[1] != 3:

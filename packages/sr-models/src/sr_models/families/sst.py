@@ -137,12 +137,22 @@ class SST(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    # contract of sr_models.arbitrary_scale (another upsampler on this body)
+    upsampler_modules = ("upsampler",)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.dim
+
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body: (B, 3, h, w) -> (B, dim, h, w), ``proj x + body(proj x)``."""
+        feat = self.proj(x)
+        return feat + self.body(feat)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected input of shape (B, 3, H, W), got {tuple(x.shape)}")
-        feat = self.proj(x)
-        feat = feat + self.body(feat)
-        return self.upsampler(feat, x)
+        return self.upsampler(self.body_features(x), x)
 
 
 _BASE = {"dim": 180, "num_heads": (6,) * 6, "ranks": (18, 18, 18, 34, 34, 34), "n_blocks": 6,
