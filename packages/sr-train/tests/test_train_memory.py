@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -60,6 +60,7 @@ def test_when_not_even_one_sample_fits_only_a_smaller_job_is_offered():
 
 @given(fixed=st.floats(0, 8), per=st.floats(0.01, 4), batch=st.sampled_from([1, 2, 4, 8, 16, 32, 64, 60]),
        free=st.floats(0.5, 64), world=st.sampled_from([1, 2, 4]), acc=st.sampled_from([1, 2]))
+@example(fixed=0.01, per=0.01, batch=64, free=0.5, world=1, acc=1)  # the budget exactly at micro-batch 44
 def test_the_offered_fixes_fit_and_are_the_extreme_ones(fixed, per, batch, free, world, acc):
     if batch % (world * acc):
         return

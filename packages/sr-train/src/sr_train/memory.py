@@ -90,6 +90,11 @@ def plan_memory(step: StepMemory, *, batch_size: int, world_size: int, accumulat
     batch_fix = None
     if step.per_sample_bytes > 0 and budget > step.fixed_bytes:
         max_micro = int((budget - step.fixed_bytes) // step.per_sample_bytes)
+        # the division rounds; settle the boundary with the same comparison the check itself makes
+        while step.at(max_micro + 1) <= budget:
+            max_micro += 1
+        while max_micro >= 1 and step.at(max_micro) > budget:
+            max_micro -= 1
         if max_micro >= 1:
             batch_fix = max_micro * world_size * accumulate
     return MemoryPlan(False, estimate, free_bytes, budget, micro, acc_fix, batch_fix)
