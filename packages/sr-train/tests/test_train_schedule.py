@@ -3,12 +3,24 @@ decay warm-up, and the CPU thread choice."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
+from sr_train import cpu_threads
 from sr_train.config import resolve_config
-from sr_train.cpu_threads import auto_threads, resolve_threads
+from sr_train.cpu_threads import (
+    auto_threads,
+    busy_cores_between,
+    busy_cores_now,
+    cpu_jiffies,
+    resolve_threads,
+)
 from sr_train.ema import ModelEMA, ema_decay_at
 from sr_train.schedule import WarmupMultiStepLR, effective_schedule, lr_factor, schedule_warning
 
@@ -147,3 +159,60 @@ def test_auto_threads_leave_busy_cores_alone():
     assert auto_threads(16, 0.0, local_processes=8) == 2  # torchrun on one node
     assert resolve_threads(3, workers=0) == (3, "train.threads")
     assert resolve_threads("auto", workers=0, resumed=1)[0] == 1  # a resumed run keeps its count
+
+
+_STAT = """cpu  {u} 10 {s} {i} {w} 0 5 0 0 0
+cpu0 1 2 3 4 5 6 7 8 0 0
+intr 12345
+"""
+
+
+def test_cpu_jiffies_reads_the_aggregate_line():
+    # busy = user + nice + system + irq + softirq + steal; idle and iowait are not busy
+    assert cpu_jiffies(_STAT.format(u=100, s=50, i=1000, w=40)) == (165, 1205)
+    with pytest.raises(ValueError, match="cpu"):
+        cpu_jiffies("intr 1\n")
+
+
+@given(busy=st.integers(0, 10_000), idle=st.integers(0, 10_000), cores=st.integers(1, 64))
+def test_busy_cores_between_is_the_busy_share_of_the_cores(busy, idle, cores):
+    got = busy_cores_between((7, 11), (7 + busy, 11 + busy + idle), cores)
+    assert 0.0 <= got <= cores
+    if busy + idle:
+        assert got == pytest.approx(cores * busy / (busy + idle))
+    else:
+        assert got == 0.0
+
+
+def test_busy_cores_now_measures_between_two_readings(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    stat.write_text(_STAT.format(u=100, s=0, i=100, w=0))  # busy 115 of 215
+
+    def advance(_seconds):  # during the wait, 1 of 2 cores worked: +100 busy, +100 idle jiffies
+        stat.write_text(_STAT.format(u=200, s=0, i=200, w=0))
+
+    monkeypatch.setattr(cpu_threads.time, "sleep", advance)
+    assert busy_cores_now(2, stat_path=str(stat)) == pytest.approx(1.0)
+    assert busy_cores_now(2, stat_path=str(tmp_path / "missing")) is None
+
+
+def test_auto_threads_ignore_a_load_average_left_by_a_finished_run(monkeypatch):
+    # the 1-minute load average still counts a run that ended seconds ago; the measured busy cores do not
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(cpu_threads.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(cpu_threads, "busy_cores_now", lambda cores: 0.0)
+    assert resolve_threads("auto", workers=0) == (2, "2 cores, 0.0 busy now")
+    monkeypatch.setattr(cpu_threads, "busy_cores_now", lambda cores: None)  # no /proc/stat
+    assert resolve_threads("auto", workers=0) == (1, "2 cores, load average 1.0")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
+def test_busy_cores_now_sees_a_spinning_process():
+    spin = subprocess.Popen([sys.executable, "-c", "print('go', flush=True)\nwhile True: pass"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert spin.stdout.readline().strip() == "go"
+        assert busy_cores_now(cpu_threads.usable_cores(), seconds=0.5) >= 0.5
+    finally:
+        spin.kill()
+        spin.wait()
