@@ -14,8 +14,13 @@ and the option, raised before any model runs.
 | musiq | ``musiq_koniq_ckpt-e95806b9.pth`` (KonIQ-10k) | higher |
 | maniqa | ``ckpt_koniq10k.pt`` (KonIQ-10k) | higher |
 
-Limitation (not checked here: pyiqa is not installed on the development machines): MANIQA builds a
-timm ViT backbone that pyiqa may also try to download; give it a populated timm/Hugging Face cache.
+Checked with pyiqa 0.1.16 installed (``uv sync --all-packages --extra perceptual``), offline, on
+2026-12-03: NIQE through this module gives 5.7318 on BasicSR's baboon.png (MATLAB's NIQE: 5.7296; pyiqa
+takes Y of YIQ, MATLAB Y of YCbCr), with the .mat built from BasicSR's ``niqe_pris_params.npz``, and
+``sr-eval --real --nr-metrics niqe`` writes its table. MUSIQ and MANIQA were not run (their files were
+not available). MANIQA builds a timm ViT backbone that pyiqa may also try to download; give it a
+populated timm/Hugging Face cache. The test suite uses a stand-in for pyiqa: the extra is not in the
+default environment.
 """
 
 from __future__ import annotations

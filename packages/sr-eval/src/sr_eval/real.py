@@ -86,7 +86,7 @@ def evaluate_real(args: Any) -> int:
             img = read_image(path)
         except ValueError as err:
             raise EvalError(f"{path}: {err}") from None
-        lr = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div(255).to(device)
+        lr = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div(255).to(device)
         t0 = time.perf_counter()
         sr, _info = upscaler(lr, name=path.name)
         row: dict[str, Any] = {"image": path.name, "width": int(img.shape[1]), "height": int(img.shape[0]),
