@@ -4,6 +4,7 @@ hand-computed values, the whole pipeline on a bilinear model, Table 5's layout, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 import sr_models
@@ -20,10 +23,13 @@ from sr_eval.arbitrary_scale import (
     evaluate_arbitrary,
     psnr_rgb_border,
     render_table5,
+    render_tiled,
+    tile_parts,
     wants_arbitrary,
 )
 from sr_eval.cli import main as eval_main
 from sr_eval.upscale_cli import main as upscale_main
+from sr_models.arbitrary_scale import LTESR, LTEHeadConfig
 
 TINY = {"dim": 16, "pdim": 8, "n_blocks": 1, "conv_blocks": 1, "window_size": 8, "num_heads": 2,
         "lte_hidden_dim": 8, "lte_mlp_hidden": [8], "attn_backend": "math"}
@@ -126,3 +132,82 @@ def test_sr_eval_scale_list_prints_table5_and_writes_json(tmp_path, capsys):
     rc = eval_main(["--weights", str(weights), "--datasets", "folder", "--data-root", str(hr_dir), "--tile", "64",
                     "--out", str(tmp_path / "res")])
     assert rc == 2 and "--tile" in capsys.readouterr().err
+
+
+@given(length=st.integers(1, 80), ratio=st.floats(1.0, 12.0), tile=st.integers(2, 40), overlap=st.integers(0, 12))
+def test_tile_parts_give_every_output_pixel_to_the_tile_whose_core_holds_it(length, ratio, tile, overlap):
+    overlap = min(overlap, tile - 1)
+    out_length = max(1, round(length * ratio))
+    parts = tile_parts(length, out_length, tile, overlap)
+    assert parts[0][2] == 0 and parts[-1][3] == out_length
+    assert all(a[3] == b[2] for a, b in itertools.pairwise(parts))  # a partition, in order
+    for k, (start, extent, lo, hi) in enumerate(parts):
+        assert 0 <= start and start + extent <= length and lo <= hi
+        for i in range(lo, hi):
+            centre = (i + 0.5) * length / out_length  # LR pixel units
+            assert start <= centre <= start + extent
+            if 0 < k:  # at least half the overlap away from the tile's inner edges
+                assert centre - start >= (parts[k - 1][0] + parts[k - 1][1] - start) / 2 - 1e-9
+            if k + 1 < len(parts):
+                assert start + extent - centre >= (start + extent - parts[k + 1][0]) / 2 - 1e-9
+
+
+class _LocalBody(torch.nn.Module):
+    """A body whose receptive field is one pixel (1x1 convs), so tiling with an overlap wider than
+    the LTE head's own reach (3x3 convs, the 2x2 codes, the bilinear skip) must change nothing."""
+
+    feature_dim = 6
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), torch.nn.GELU(), torch.nn.Conv2d(6, 6, 1))
+
+    def body_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# LR sides even and output sides odd: then no HR pixel centre sits exactly on an LR pixel centre, where
+# LTE's choice of the four codes is a tie that float rounding decides differently in the two frames
+@pytest.mark.parametrize(("size", "tile"), [((21, 25), 9), ((53, 61), 12), ((27, 23), 10)])
+def test_tiled_render_equals_the_whole_render_for_a_local_body(size, tile):
+    torch.manual_seed(0)
+    model = LTESR(_LocalBody(), LTEHeadConfig(hidden_dim=8, mlp_hidden=(8,), query_chunk=97), scale=4).eval()
+    lr = torch.rand(2, 3, 12, 14)
+    with torch.no_grad():
+        whole = model(lr, size=size)
+        tiled = render_tiled(model, lr, size, tile=tile, overlap=6)
+    assert tiled.shape == whole.shape == (2, 3, *size)
+    torch.testing.assert_close(tiled, whole, atol=2e-5, rtol=1e-5)
+
+
+def test_arbitrary_upscaler_tiles_when_the_whole_image_exceeds_the_budget(monkeypatch):
+    import sr_eval.memory as memory
+    from sr_eval.arbitrary_scale import ArbitraryUpscaler
+
+    torch.manual_seed(0)
+    model = LTESR(_LocalBody(), LTEHeadConfig(hidden_dim=8, mlp_hidden=(8,)), scale=4).eval()
+    cost = memory.MemoryCost(fixed=0.0, per_pixel=100_000.0, device="cpu", precision="fp32")
+    monkeypatch.setattr(memory, "measure_cost", lambda *a, **k: cost)
+    lr = torch.rand(1, 3, 30, 34)
+    whole_estimate = memory.plan_image(model, cost, 30, 34, budget=None, out_scale=2.9).estimate
+    notes: list[str] = []
+    up = ArbitraryUpscaler(model, scale=2.9, tile_overlap=6, max_memory=whole_estimate // 2, note=notes.append)
+    sr, _ = up(lr, name="x.png")
+    assert len(notes) == 1 and "x.png (34x30)" in notes[0] and "rendering in" in notes[0]
+    with torch.no_grad():
+        torch.testing.assert_close(sr, model(lr, size=(87, 99)).clamp(0, 1), atol=2e-5, rtol=1e-5)
+    with pytest.raises(memory.MemoryPlanError, match="--tile 30"):  # a forced tile that does not fit
+        ArbitraryUpscaler(model, scale=2.9, tile=30, tile_overlap=6, max_memory=whole_estimate // 4)(lr)
+
+
+def test_sr_upscale_tiles_arbitrary_scale_models_when_asked_or_when_the_budget_is_small(tmp_path, capsys):
+    weights = _tiny_weights(tmp_path)
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    rc = upscale_main(["--model", "esc-lte", "--scale", "2.5", str(tmp_path / "in.png"), "-o", str(tmp_path / "t"),
+                       "--weights", str(weights), "--tile", "24", "--tile-overlap", "8", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "t" / "in_x2.5.png").size == (130, 100)
+    rc = upscale_main(["--model", "esc-lte", "--scale", "2.5", str(tmp_path / "in.png"), "-o", str(tmp_path / "a"),
+                       "--weights", str(weights), "--max-memory", "1K", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "in.png" in err and "budget is 1.0 KiB" in err and "Traceback" not in err

@@ -9,6 +9,14 @@ BasicSR does), after removing ``scale + 6`` pixels on every side (:func:`sr_data
 HR's exact size (``model(lr, size=hr_size)``); LTE's queries are chunked, the body sees the
 whole LR image (no tiling).
 
+``sr-upscale`` (:class:`ArbitraryUpscaler`) bounds memory as for the fixed-scale models: the body's
+cost is probed once, and an image whose whole-image estimate exceeds the budget is rendered in LR
+tiles (:func:`render_tiled`): each tile renders exactly the output pixels whose centres fall in its
+core (the overlap split in the middle), with coordinates and cell expressed in the tile's frame, so
+no output pixel is rendered twice and nothing is blended. Where the body's receptive field fits in
+half the overlap the result equals the whole-image render (tested with a local body); otherwise it
+is the usual tiling approximation.
+
 :data:`PAPER_TABLE5` holds Table 5 as printed (DIV2K-validation, RGB PSNR, dB).
 """
 
@@ -18,6 +26,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +41,8 @@ __all__ = [
     "is_arbitrary_model",
     "psnr_rgb_border",
     "render_table5",
+    "render_tiled",
+    "tile_parts",
     "wants_arbitrary",
 ]
 
@@ -95,14 +106,80 @@ def psnr_rgb_border(sr: torch.Tensor | np.ndarray, hr: torch.Tensor | np.ndarray
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
 
 
+def tile_parts(length: int, out_length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """One axis of :func:`render_tiled`: ``(start, extent, out_lo, out_hi)`` per tile.
+
+    LR tiles ``[start, start + extent)`` are :func:`sr_eval.inference.tile_starts`'s; consecutive
+    cores meet in the middle of their overlap, and a tile renders the output pixels ``[out_lo,
+    out_hi)`` whose centres ``(i + 1/2) * length / out_length`` (LR pixel units) fall in its core.
+    The output ranges partition ``[0, out_length)`` (some may be empty).
+    """
+    from sr_eval.inference import tile_starts
+
+    starts = tile_starts(length, tile, overlap)
+    ends = [min(s + tile, length) for s in starts]
+    cuts = [Fraction(0)] + [Fraction(starts[k] + ends[k - 1], 2) for k in range(1, len(starts))] + [Fraction(length)]
+
+    def first_pixel(c: Fraction) -> int:  # smallest i with (i + 1/2) * length / out_length >= c
+        return min(out_length, max(0, math.ceil(c * out_length / length - Fraction(1, 2))))
+
+    return [(starts[k], ends[k] - starts[k], first_pixel(cuts[k]), first_pixel(cuts[k + 1])) for k in range(len(starts))]
+
+
+def _frame_coords(out_lo: int, out_hi: int, out_length: int, length: int, start: int, extent: int) -> torch.Tensor:
+    """Coordinates in [-1, 1] of a tile's frame ``[start, start + extent)`` of output pixels ``[out_lo, out_hi)``."""
+    i = torch.arange(out_lo, out_hi, dtype=torch.float64)
+    lr_pos = (2 * i + 1) * length / (2 * out_length)  # LR pixel units from the image's edge
+    return 2 * (lr_pos - start) / extent - 1
+
+
+def render_tiled(model: nn.Module, lr: torch.Tensor, size: tuple[int, int], tile: int, overlap: int,
+                 tick: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Render ``lr`` (B, 3, h, w) at ``size`` (H, W) tile by tile with ``model.render_grid``
+    (an :class:`sr_models.arbitrary_scale.LTESR`) -> (B, 3, H, W) float32, not clamped.
+
+    Tiles of ``tile`` LR pixels overlapping by ``overlap`` (:func:`tile_parts`); each output pixel is
+    rendered once, by the tile whose core holds its centre, with its coordinate and cell in that tile's
+    frame. ``tick(done, total)`` after each tile.
+    """
+    b, _, h, w = lr.shape
+    out_h, out_w = size
+    rows, cols = tile_parts(h, out_h, tile, overlap), tile_parts(w, out_w, tile, overlap)
+    out = torch.empty(b, 3, out_h, out_w, device=lr.device, dtype=torch.float32)
+    total, done = len(rows) * len(cols), 0
+    for y0, th, i0, i1 in rows:
+        for x0, tw, j0, j1 in cols:
+            if i1 > i0 and j1 > j0:
+                ry = _frame_coords(i0, i1, out_h, h, y0, th).to(lr.device)
+                rx = _frame_coords(j0, j1, out_w, w, x0, tw).to(lr.device)
+                cell = (2.0 * h / (out_h * th), 2.0 * w / (out_w * tw))
+                part = model.render_grid(lr[:, :, y0:y0 + th, x0:x0 + tw].float(), ry, rx, cell)
+                out[:, :, i0:i1, j0:j1] = part.float()
+            done += 1
+            if tick is not None:
+                tick(done, total)
+    return out
+
+
 @dataclass
 class ArbitraryUpscaler:
     """sr-upscale's engine for arbitrary-scale models: ``(sr, None) = upscaler(lr, name)``, with
-    ``lr`` (B, 3, h, w) in [0, 1] rendered at ``scale`` or at ``size`` (H, W), clamped, float32."""
+    ``lr`` (B, 3, h, w) in [0, 1] rendered at ``scale`` or at ``size`` (H, W), clamped, float32.
+
+    Memory is planned as :class:`sr_eval.runner.Upscaler` plans it: ``tile=None`` renders the whole
+    image when its estimate fits the budget (``max_memory``, else a share of the free memory), else
+    in the largest LR tiles that fit (:func:`render_tiled`), announced through ``note``; an int
+    ``tile`` forces tiles of that side and is refused when its estimate does not fit.
+    """
 
     model: nn.Module
     scale: float | None = None
     size: tuple[int, int] | None = None
+    tile: int | None = None
+    tile_overlap: int = 32
+    max_memory: int | None = None
+    note: Callable[[str], None] | None = None
+    prog: str = "sr-upscale"
 
     def target_size(self, h: int, w: int) -> tuple[int, int]:
         """The output size for an (h, w) input."""
@@ -112,10 +189,43 @@ class ArbitraryUpscaler:
             return output_size((h, w), float(self.model.scale))
         return output_size((h, w), self.scale, self.size)
 
+    def plan(self, lr: torch.Tensor, size: tuple[int, int]):
+        """The :class:`sr_eval.memory.Plan` for ``lr`` rendered at ``size`` (free memory read now)."""
+        from sr_eval.memory import MemoryPlanError, Plan, budget_for, format_bytes, measure_cost, plan_image
+
+        b, _, h, w = lr.shape
+        budget = budget_for(lr.device, self.max_memory)
+        if budget is None and self.tile is None:
+            return Plan(tile=None, tiles=1, estimate=0, whole_estimate=0, budget=None, fits=True)
+        cost = measure_cost(self.model, lr.device, forward=lambda t: self.model(t))
+        try:
+            plan = plan_image(self.model, cost, h, w, budget=budget, tile=self.tile, auto=self.tile is None,
+                              tile_overlap=self.tile_overlap, batch=b, out_scale=size[0] / h)
+        except MemoryPlanError as exc:
+            raise MemoryPlanError(f"{w}x{h} {exc}; use --max-memory to allow more, or a smaller image") from None
+        if not plan.fits:
+            raise MemoryPlanError(
+                f"{w}x{h} with --tile {self.tile} needs about {format_bytes(plan.estimate)}, but the budget is "
+                f"{format_bytes(plan.budget or 0)}; use a smaller --tile, or leave --tile out to choose one automatically"
+            )
+        return plan
+
     @torch.no_grad()
     def __call__(self, lr: torch.Tensor, name: str = "image") -> tuple[torch.Tensor, None]:
-        size = self.target_size(lr.shape[-2], lr.shape[-1])
-        return self.model(lr.float(), size=size).float().clamp_(0, 1), None
+        from sr_eval.memory import format_bytes
+
+        h, w = lr.shape[-2], lr.shape[-1]
+        size = self.target_size(h, w)
+        plan = self.plan(lr, size)
+        if plan.tile is None:
+            return self.model(lr.float(), size=size).float().clamp_(0, 1), None
+        if self.tile is None and self.note is not None:
+            self.note(
+                f"{self.prog}: {name} ({w}x{h}): the whole image needs about {format_bytes(plan.whole_estimate)}, "
+                f"the budget is {format_bytes(plan.budget or 0)}: rendering in {plan.tiles} tiles of {plan.tile} px "
+                f"(overlap {self.tile_overlap}; about {format_bytes(plan.estimate)})"
+            )
+        return render_tiled(self.model, lr, size, plan.tile, self.tile_overlap).clamp_(0, 1), None
 
 
 def evaluate_arbitrary(

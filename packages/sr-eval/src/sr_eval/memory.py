@@ -316,14 +316,14 @@ def measure_cost(
 # ----------------------------------------------------------------------------- planning
 
 
-def outside_bytes(h: int, w: int, scale: int, *, tiled: bool, batch: int = 1, self_ensemble: bool = False) -> int:
+def outside_bytes(h: int, w: int, scale: float, *, tiled: bool, batch: int = 1, self_ensemble: bool = False) -> int:
     """Buffers outside the model's forward for ``batch`` LR images of ``h x w`` (float32 RGB).
 
     Input (12 B per LR pixel), the clamped float output (12 B per output pixel) plus its uint8
     copies on the way to a file (2 x 3 B); a tiled pass adds the blend accumulators (12 + 4 B per
     output pixel), the x8 ensemble one more float output.
     """
-    out_px = h * w * scale * scale
+    out_px = math.ceil(h * w * scale * scale)
     per_out = 12 + 6 + (16 if tiled else 0) + (12 if self_ensemble else 0)
     return batch * (12 * h * w + per_out * out_px)
 
@@ -365,8 +365,12 @@ def plan_image(
     tile_overlap: int = 32,
     batch: int = 1,
     self_ensemble: bool = False,
+    out_scale: float | None = None,
 ) -> Plan:
     """Choose whole image or tiles for ``batch`` LR images of ``h x w`` under ``budget`` bytes.
+
+    ``out_scale``: the output/input size ratio when it is not the model's scale (an arbitrary-scale
+    model rendering x3.7 or x12); it sizes the output buffers.
 
     ``auto`` (with ``tile=None``): whole image if it fits, else the largest tile that fits.
     An explicit ``tile`` is kept; its plan has ``fits=False`` when it does not fit.
@@ -376,7 +380,7 @@ def plan_image(
     from sr_eval.inference import effective_tile, model_scale, pad_policy
 
     pol = pad_policy(model)
-    s = model_scale(model)
+    s = model_scale(model) if out_scale is None else float(out_scale)
     m = pol.multiple
     hp, wp = _padded(h, m), _padded(w, m)
 

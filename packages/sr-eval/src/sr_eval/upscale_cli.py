@@ -321,12 +321,14 @@ def _upscale(args: argparse.Namespace) -> int:
     check_precision("sr-upscale", args.precision, device)
     scale = int(model.scale)
     if is_arbitrary_model(model):
-        if args.tile is not None or args.self_ensemble or args.precision != "fp32":
-            raise UsageError("--tile, --self-ensemble and --precision are not available for arbitrary-scale models "
-                             "(LTE renders in chunks of queries; the body sees the whole image)")
+        if args.self_ensemble or args.precision != "fp32":
+            raise UsageError("--self-ensemble and --precision are not available for arbitrary-scale models "
+                             "(they render in fp32, once)")
         render = float(args.scale) if args.scale is not None else float(scale)
         outscale = args.outscale
-        upscaler_any: object = ArbitraryUpscaler(model, scale=None if size else render, size=size)
+        upscaler_any: object = ArbitraryUpscaler(
+            model, scale=None if size else render, size=size, tile=args.tile, tile_overlap=args.tile_overlap,
+            max_memory=args.max_memory, note=lambda m: tqdm.write(m, file=sys.stderr))
         if scale_text is None:
             scale_text = _format_scale(render)
         jobs, single = plan_jobs(args, files, scale_text)

@@ -273,23 +273,40 @@ class LTE(nn.Module):
         out_h, out_w = int(size[0]), int(size[1])
         if out_h < 1 or out_w < 1:
             raise ValueError(f"size must be positive, got {size!r}")
+        dev, dt = feat.device, feat.dtype
+        rows = (2 * torch.arange(out_h, device=dev, dtype=torch.float64) + 1) / out_h - 1
+        cols = (2 * torch.arange(out_w, device=dev, dtype=torch.float64) + 1) / out_w - 1
+        return self.render_grid(feat, rows.to(dt), cols.to(dt), (2.0 / out_h, 2.0 / out_w), image)
+
+    def render_grid(self, feat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, cell: tuple[float, float],
+                    image: torch.Tensor | None = None) -> torch.Tensor:
+        """Render the separable grid of queries ``rows x cols``: feat (B, in_dim, h, w), rows (Hq,) and
+        cols (Wq,) float coordinates in [-1, 1] of ``feat``'s frame, ``cell`` the (row, column) cell in
+        the same units (clipped to ``max_scale``'s cell here) -> (B, out_dim, Hq, Wq).
+
+        :meth:`forward` is the whole-image grid; a tiled renderer passes the part of the output grid
+        that falls on a tile, in the tile's frame. ``query_chunk`` queries at a time, written into the
+        preallocated output, so memory beyond it is bounded whatever the grid size.
+        """
+        if rows.ndim != 1 or cols.ndim != 1 or rows.numel() < 1 or cols.numel() < 1:
+            raise ValueError(f"rows and cols must be non-empty 1-D tensors, got {tuple(rows.shape)} and {tuple(cols.shape)}")
         enc = self.encode(feat)
         b, _, h, w = feat.shape
-        rows = self._rows(enc)
+        table = self._rows(enc)
+        out_h, out_w = rows.numel(), cols.numel()
         n = out_h * out_w
         out_dim = self.imnet.layers[-1].out_features
         out = feat.new_empty(b, out_dim, n)
-        dev, dt = feat.device, feat.dtype
-        cell_hw = clip_cell(feat.new_tensor([2.0 / out_h, 2.0 / out_w]), (h, w), self.max_scale)
+        dev = feat.device
+        rows, cols = rows.to(device=dev, dtype=feat.dtype), cols.to(device=dev, dtype=feat.dtype)
+        cell_hw = clip_cell(feat.new_tensor([float(cell[0]), float(cell[1])]), (h, w), self.max_scale)
         for start in range(0, n, self.query_chunk):
             stop = min(start + self.query_chunk, n)
             flat = torch.arange(start, stop, device=dev)
-            coord = torch.stack(
-                ((2 * torch.div(flat, out_w, rounding_mode="floor") + 1).to(dt) / out_h - 1,
-                 (2 * torch.remainder(flat, out_w) + 1).to(dt) / out_w - 1), dim=-1,
-            ).unsqueeze(0).expand(b, -1, -1)
-            cell = cell_hw.expand(b, stop - start, 2)
-            out[:, :, start:stop] = self._query_chunk(rows, (h, w), coord, cell, image).transpose(1, 2)
+            coord = torch.stack((rows[torch.div(flat, out_w, rounding_mode="floor")],
+                                 cols[torch.remainder(flat, out_w)]), dim=-1).unsqueeze(0).expand(b, -1, -1)
+            q_cell = cell_hw.expand(b, stop - start, 2)
+            out[:, :, start:stop] = self._query_chunk(table, (h, w), coord, q_cell, image).transpose(1, 2)
         return out.view(b, out_dim, out_h, out_w)
 
     def extra_repr(self) -> str:

@@ -122,6 +122,16 @@ class LTESR(nn.Module):
         out = self.upsampler(feat, hw, image=xn)
         return out * self.head_config.norm_std + self.head_config.norm_mean
 
+    def render_grid(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                    cell: tuple[float, float]) -> torch.Tensor:
+        """The output pixels on the grid ``rows x cols`` (Hq,), (Wq,) of coordinates in ``x``'s frame,
+        with ``cell`` in the same units: x (B, 3, h, w) in [0, 1] -> (B, 3, Hq, Wq) (not clamped).
+        ``forward(x, size=(H, W))`` is this grid at every HR pixel centre; a tiled renderer passes a
+        tile and the part of the grid that falls on it (:func:`sr_eval.arbitrary_scale.render_tiled`)."""
+        xn = self._normalise(x)
+        out = self.upsampler.render_grid(self.encoder.body_features(xn), rows, cols, cell, image=xn)
+        return out * self.head_config.norm_std + self.head_config.norm_mean
+
     def query(self, x: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Values at given HR coordinates (LTE training): x (B, 3, h, w) in [0, 1], coord and cell
         (B, Q, 2) as in :mod:`sr_layers.lte` (row, column in [-1, 1]) -> (B, Q, 3) in [0, 1] units."""
