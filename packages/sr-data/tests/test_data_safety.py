@@ -232,3 +232,35 @@ def test_failed_prepare_leaves_nothing_that_blocks_the_rerun(tmp_path: Path, cap
 def test_usage_errors_exit_2_naming_the_flag(args, match, capsys) -> None:
     assert main(args) == 2
     assert match in _one_error_line(capsys.readouterr().err)
+
+
+def test_threads_opening_one_packed_store_share_one_environment(tmp_path: Path, monkeypatch) -> None:
+    """`sr-data check` decodes in a thread pool: threads that miss the environment cache together
+    must not open the LMDB twice ("already open in this process"). The open is slowed to widen the race."""
+    import threading
+
+    import sr_data.packed as packed
+
+    packed_dir = _pack(_folder(tmp_path / "hr", 2))
+    real_open = packed.lmdb.open
+
+    def slow_open(*args, **kwargs):
+        time.sleep(0.05)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(packed.lmdb, "open", slow_open)
+    barrier, envs, errors = threading.Barrier(6), [], []
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            envs.append(packed._shared_env(packed_dir))
+        except DataError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(envs) == 6 and len({id(e) for e in envs}) == 1

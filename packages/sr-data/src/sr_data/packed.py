@@ -46,6 +46,7 @@ import os
 import shutil
 import stat
 import struct
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -232,20 +233,28 @@ def stale_reason(path: str | Path, folder: str | Path | None = None) -> str | No
 
 
 _ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+# `sr-data check` decodes in a thread pool: without the lock two threads could both miss the cache and
+# the second lmdb.open fail with "already open in this process" (seen once in CI-sized runs)
+_ENVS_LOCK = threading.Lock()
 
 
 def _shared_env(path: Path, resolved: str | None = None) -> lmdb.Environment:
-    """One read-only environment per (process, directory): LMDB forbids opening one twice."""
+    """One read-only environment per (process, directory): LMDB forbids opening one twice.
+    Thread-safe: the first caller opens it, the others wait and share it."""
     key = (os.getpid(), resolved or str(path.resolve()))
     env = _ENVS.get(key)
-    if env is None:
-        try:
-            env = lmdb.open(
-                key[1], readonly=True, lock=False, readahead=False, meminit=False, max_readers=512
-            )
-        except lmdb.Error as exc:
-            raise DataError(f"{path}: cannot open LMDB ({exc})") from exc
-        _ENVS[key] = env
+    if env is not None:
+        return env
+    with _ENVS_LOCK:
+        env = _ENVS.get(key)
+        if env is None:
+            try:
+                env = lmdb.open(
+                    key[1], readonly=True, lock=False, readahead=False, meminit=False, max_readers=512
+                )
+            except lmdb.Error as exc:
+                raise DataError(f"{path}: cannot open LMDB ({exc})") from exc
+            _ENVS[key] = env
     return env
 
 
@@ -462,7 +471,8 @@ def _write_lmdb(
 def _swap_into_place(tmp: Path, out: Path) -> None:
     """Rename the finished ``tmp`` folder to ``out``; an earlier packed ``out`` is removed only after."""
     if out.exists() and any(out.iterdir()):
-        stale_env = _ENVS.pop((os.getpid(), str(out.resolve())), None)
+        with _ENVS_LOCK:
+            stale_env = _ENVS.pop((os.getpid(), str(out.resolve())), None)
         if stale_env is not None:  # this process read the old copy: close it before it goes away
             stale_env.close()
         old = out.parent / f".{out.name}.old-{os.getpid()}"
