@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from sr_data.bicubic import imresize
 from sr_data.errors import DataError
 from sr_data.stores import ImageStore
-from sr_data.transforms import dihedral, pad_to, random_dihedral_flags, to_tensor
+from sr_data.transforms import dihedral, random_dihedral_flags, random_square_patch, to_tensor
 
 __all__ = [
     "ArbitraryScaleEvalDataset",
@@ -142,19 +142,6 @@ class ContinuousScaleDataset(Dataset):
         """The generator of item ``index`` in the current epoch."""
         return np.random.default_rng((self.cfg.seed, self.epoch, index))
 
-    def _hr_crop(self, hi: int, side: int, rng: np.random.Generator) -> np.ndarray:
-        h, w = self.hr_store.shape(hi)
-        if h >= side and w >= side:
-            top = int(rng.integers(0, h - side + 1))
-            left = int(rng.integers(0, w - side + 1))
-            patch = self.hr_store.read_region(hi, top, left, side, side)
-            if patch.shape[:2] == (side, side):
-                return patch
-        hr = pad_to(self.hr_store.read(hi), side, side)
-        top = int(rng.integers(0, hr.shape[0] - side + 1))
-        left = int(rng.integers(0, hr.shape[1] - side + 1))
-        return np.ascontiguousarray(hr[top : top + side, left : left + side])
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
@@ -163,7 +150,7 @@ class ContinuousScaleDataset(Dataset):
         hi = self.images[index % len(self.images)]
         s = float(rng.uniform(cfg.scale_min, cfg.scale_max))
         side = round(cfg.patch_size * s)
-        hr = self._hr_crop(hi, side, rng)
+        hr = random_square_patch(self.hr_store, hi, side, rng)
         lr = _resize_uint8(hr, (cfg.patch_size, cfg.patch_size), cfg.lr_mode)
         if cfg.augment:
             flags = random_dihedral_flags(rng)

@@ -48,6 +48,7 @@ from sr_data.transforms import (
     pad_to,
     paired_random_crop,
     pil_bicubic_downscale_uint8,
+    random_square_patch,
     to_tensor,
 )
 
@@ -196,7 +197,7 @@ class PatchDataset(Dataset):
             hr_full = modcrop(self._padded_hr(hi), s)
             lr_c, hr_c, _ = paired_random_crop(lr_full, hr_full, p, s, rng)
         else:
-            hr_c = self._random_hr_patch(hi, rng)
+            hr_c = random_square_patch(self.hr_store, hi, self.cfg.patch_size * self.cfg.scale, rng)
             lr_c = self._make_lr(hr_c)
         if cfg.augment:
             lr_c, hr_c = augment_pair(lr_c, hr_c, rng, rot=cfg.use_rot)
@@ -225,20 +226,6 @@ class PatchDataset(Dataset):
             )
         lr_c, hr_c, _ = paired_random_crop(lr_full, hr_full, p, s, rng)
         return lr_c, hr_c
-
-    def _random_hr_patch(self, hi: int, rng: np.random.Generator) -> np.ndarray:
-        ps = self.cfg.patch_size * self.cfg.scale
-        h, w = self.hr_store.shape(hi)
-        if h >= ps and w >= ps:  # read only the region (cheap for packed raw stores)
-            top = int(rng.integers(0, h - ps + 1))
-            left = int(rng.integers(0, w - ps + 1))
-            patch = self.hr_store.read_region(hi, top, left, ps, ps)
-            if patch.shape[:2] == (ps, ps):
-                return patch
-        hr = pad_to(self.hr_store.read(hi), ps, ps)
-        top = int(rng.integers(0, hr.shape[0] - ps + 1))
-        left = int(rng.integers(0, hr.shape[1] - ps + 1))
-        return np.ascontiguousarray(hr[top : top + ps, left : left + ps])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         if not 0 <= index < len(self):

@@ -6,10 +6,15 @@ covers LR pixel ``(y, x)``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from sr_data.bicubic import imresize
+
+if TYPE_CHECKING:
+    from sr_data.stores import ImageStore
 
 __all__ = [
     "augment_pair",
@@ -20,6 +25,7 @@ __all__ = [
     "paired_random_crop",
     "pil_bicubic_downscale_uint8",
     "random_dihedral_flags",
+    "random_square_patch",
     "to_tensor",
 ]
 
@@ -45,6 +51,26 @@ def pad_to(img: np.ndarray, min_h: int, min_w: int) -> np.ndarray:
         return img
     widths = [(0, ph), (0, pw)] + [(0, 0)] * (img.ndim - 2)
     return np.pad(img, widths, mode="symmetric")
+
+
+def random_square_patch(store: ImageStore, index: int, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly placed ``side x side`` crop of image ``index`` of ``store`` -> uint8 ``(side, side, C)``.
+
+    Reads only the region when the image is large enough (cheap for packed raw stores); a smaller
+    image is read whole and padded with :func:`pad_to` first. Draws the top, then the left offset
+    from ``rng``.
+    """
+    h, w = store.shape(index)
+    if h >= side and w >= side:
+        top = int(rng.integers(0, h - side + 1))
+        left = int(rng.integers(0, w - side + 1))
+        patch = store.read_region(index, top, left, side, side)
+        if patch.shape[:2] == (side, side):
+            return patch
+    img = pad_to(store.read(index), side, side)
+    top = int(rng.integers(0, img.shape[0] - side + 1))
+    left = int(rng.integers(0, img.shape[1] - side + 1))
+    return np.ascontiguousarray(img[top : top + side, left : left + side])
 
 
 def paired_random_crop(
