@@ -196,6 +196,8 @@ def test_arbitrary_upscaler_tiles_when_the_whole_image_exceeds_the_budget(monkey
     assert len(notes) == 1 and "x.png (34x30)" in notes[0] and "rendering in" in notes[0]
     with torch.no_grad():
         torch.testing.assert_close(sr, model(lr, size=(87, 99)).clamp(0, 1), atol=2e-5, rtol=1e-5)
+    with pytest.raises(memory.MemoryPlanError, match="tiles of 12 px, not more than twice --tile-overlap 6"):
+        ArbitraryUpscaler(model, scale=2.9, tile_overlap=6, max_memory=18_400_000)(lr)  # 12 px fit, 13 do not
     with pytest.raises(memory.MemoryPlanError, match="--tile 30"):  # a forced tile that does not fit
         ArbitraryUpscaler(model, scale=2.9, tile=30, tile_overlap=6, max_memory=whole_estimate // 4)(lr)
 
@@ -207,6 +209,10 @@ def test_sr_upscale_tiles_arbitrary_scale_models_when_asked_or_when_the_budget_i
                        "--weights", str(weights), "--tile", "24", "--tile-overlap", "8", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert Image.open(tmp_path / "t" / "in_x2.5.png").size == (130, 100)
+    rc = upscale_main(["--model", "esc-lte", "--scale", "2.5", str(tmp_path / "in.png"), "-o", str(tmp_path / "u"),
+                       "--weights", str(weights), "--tile", "33", "--tile-overlap", "32", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--tile 33 must exceed twice --tile-overlap 32" in err and not (tmp_path / "u").exists()
     rc = upscale_main(["--model", "esc-lte", "--scale", "2.5", str(tmp_path / "in.png"), "-o", str(tmp_path / "a"),
                        "--weights", str(weights), "--max-memory", "1K", "--no-progress"])
     err = capsys.readouterr().err

@@ -181,6 +181,14 @@ class ArbitraryUpscaler:
     note: Callable[[str], None] | None = None
     prog: str = "sr-upscale"
 
+    def __post_init__(self) -> None:
+        # a tile advances by tile - overlap LR pixels (no window grid here): at or below twice the
+        # overlap most of every tile is recomputed context, and --tile 33 --tile-overlap 32 would mean
+        # one tile per pixel
+        if self.tile is not None and self.tile <= 2 * self.tile_overlap:
+            raise ValueError(f"--tile {self.tile} must exceed twice --tile-overlap {self.tile_overlap} "
+                             "for arbitrary-scale models")
+
     def target_size(self, h: int, w: int) -> tuple[int, int]:
         """The output size for an (h, w) input."""
         from sr_layers.lte import output_size
@@ -203,6 +211,9 @@ class ArbitraryUpscaler:
                               tile_overlap=self.tile_overlap, batch=b, out_scale=size[0] / h)
         except MemoryPlanError as exc:
             raise MemoryPlanError(f"{w}x{h} {exc}; use --max-memory to allow more, or a smaller image") from None
+        if plan.tile is not None and self.tile is None and plan.tile <= 2 * self.tile_overlap:
+            raise MemoryPlanError(f"{w}x{h} would need tiles of {plan.tile} px, not more than twice --tile-overlap "
+                                  f"{self.tile_overlap}; use --max-memory to allow more, or a smaller --tile-overlap")
         if not plan.fits:
             raise MemoryPlanError(
                 f"{w}x{h} with --tile {self.tile} needs about {format_bytes(plan.estimate)}, but the budget is "

@@ -326,9 +326,12 @@ def _upscale(args: argparse.Namespace) -> int:
                              "(they render in fp32, once)")
         render = float(args.scale) if args.scale is not None else float(scale)
         outscale = args.outscale
-        upscaler_any: object = ArbitraryUpscaler(
-            model, scale=None if size else render, size=size, tile=args.tile, tile_overlap=args.tile_overlap,
-            max_memory=args.max_memory, note=lambda m: tqdm.write(m, file=sys.stderr))
+        try:
+            upscaler_any: object = ArbitraryUpscaler(
+                model, scale=None if size else render, size=size, tile=args.tile, tile_overlap=args.tile_overlap,
+                max_memory=args.max_memory, note=lambda m: tqdm.write(m, file=sys.stderr))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         if scale_text is None:
             scale_text = _format_scale(render)
         jobs, single = plan_jobs(args, files, scale_text)
